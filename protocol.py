@@ -1,0 +1,177 @@
+"""The Panda Chat wire format, shared by server3.py and client3.py.
+
+Pure code: bytes in, lines out; lines in, bytes out. No sockets, no threads.
+
+The protocol is UTF-8 text, one message per line ending in "\\n" ("\\r\\n" is
+accepted), so that a person can chat with `nc 127.0.0.1 12345`:
+
+    NAME: text            a chat line from NAME (names never hold whitespace,
+                          so the first ": " always ends the name)
+    * KIND: text          a system line; KIND is one lowercase word
+                          (welcome, join, leave, grove, more, fact, help,
+                          error, name, bye, shutdown, full, quiet, ...)
+
+A line can never be both: a chat line starts with a name and a name holds no
+space, while a system line starts with "* ". README's "Protocol" section lists
+every KIND.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from typing import Final
+
+ENCODING: Final = "utf-8"
+
+# A typed chat line is rarely over a few hundred characters; 4 KiB holds a long
+# pasted paragraph while bounding what one connection can make the server hold
+# in its line buffer.
+MAX_LINE_BYTES: Final = 4096
+
+# Names are short so that they fit a user list and a chat line prefix.
+MAX_NAME_CHARS: Final = 20
+
+SYSTEM_PREFIX: Final = "* "
+
+
+class _LineTooLong:
+    """The marker LineBuffer.feed() yields for a line it had to discard."""
+
+    def __repr__(self) -> str:
+        return "LINE_TOO_LONG"
+
+
+LINE_TOO_LONG: Final = _LineTooLong()
+
+
+class LineBuffer:
+    """Split a byte stream into text lines, whatever the chunking.
+
+    feed(data) returns the lines completed by data, decoded as UTF-8 with
+    invalid bytes replaced (never an exception) and without the line ending.
+    A line longer than max_line_bytes is discarded up to its newline and
+    reported once, in its place, as LINE_TOO_LONG; at most max_line_bytes are
+    ever held, whatever arrives.
+    """
+
+    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        self.max_line_bytes = max_line_bytes
+        self._partial = bytearray()
+        self._discarding = False  # inside an over-long line, until its "\n"
+
+    def feed(self, data: bytes) -> list[str | _LineTooLong]:
+        out: list[str | _LineTooLong] = []
+        start = 0
+        while True:
+            end = data.find(b"\n", start)
+            if end < 0:
+                self._keep_partial(data[start:], out)
+                return out
+            self._finish_line(data[start:end], out)
+            start = end + 1
+
+    def _keep_partial(self, piece: bytes, out: list[str | _LineTooLong]) -> None:
+        if self._discarding:
+            return
+        if len(self._partial) + len(piece) > self.max_line_bytes + 1:  # +1: a "\r"
+            self._partial.clear()
+            self._discarding = True
+            out.append(LINE_TOO_LONG)
+        else:
+            self._partial += piece
+
+    def _finish_line(self, piece: bytes, out: list[str | _LineTooLong]) -> None:
+        if self._discarding:
+            self._discarding = False  # the over-long line ends here
+            return
+        too_long = len(self._partial) + len(piece) > self.max_line_bytes + 1
+        if not too_long:
+            self._partial += piece
+            if self._partial.endswith(b"\r"):
+                del self._partial[-1]
+            too_long = len(self._partial) > self.max_line_bytes
+        out.append(LINE_TOO_LONG if too_long else self._partial.decode(ENCODING, errors="replace"))
+        self._partial.clear()
+
+
+def encode_line(text: str) -> bytes:
+    """One line of text as bytes on the wire, with its "\\n"."""
+    return (text + "\n").encode(ENCODING, errors="replace")
+
+
+def system_line(kind: str, text: str) -> str:
+    """A system line: "* KIND: text"."""
+    return f"{SYSTEM_PREFIX}{kind}: {text}"
+
+
+def chat_line(name: str, text: str) -> str:
+    return f"{name}: {text}"
+
+
+@dataclass(frozen=True)
+class Message:
+    """A received line, parsed: kind is "chat" for chat lines, else the KIND."""
+
+    kind: str
+    text: str
+    sender: str = ""
+
+
+def parse_line(line: str) -> Message:
+    """Tell a chat line from a system line; anything else is kind "text"."""
+    if line.startswith(SYSTEM_PREFIX):
+        kind, sep, text = line[len(SYSTEM_PREFIX):].partition(": ")
+        if sep and kind and " " not in kind:
+            return Message(kind, text)
+        return Message("text", line)
+    sender, sep, text = line.partition(": ")
+    if sep and sender and not any(ch.isspace() for ch in sender):
+        return Message("chat", text, sender)
+    return Message("text", line)
+
+
+# --- Text from users ------------------------------------------------------
+
+# Bidirectional overrides can make a line display differently from what it
+# says; they are escaped like control characters.
+_BIDI_CONTROLS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+def _escape_table() -> dict[int, str]:
+    table = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+    table.update({ord(ch): f"\\u{ord(ch):04x}" for ch in _BIDI_CONTROLS})
+    table[ord("\t")] = " "
+    return table
+
+
+_ESCAPES: Final = _escape_table()
+
+
+def clean_text(text: str) -> str:
+    """Text from a user made safe to show others or log: control characters
+    (ESC, NUL, ...) and bidi overrides become visible escapes like "\\x1b",
+    a tab becomes a space."""
+    return text.translate(_ESCAPES)
+
+
+def name_problem(name: str) -> str | None:
+    """Why name cannot be a panda name, or None when it can."""
+    if not name:
+        return "A name needs at least one character."
+    if len(name) > MAX_NAME_CHARS:
+        return f"A name has at most {MAX_NAME_CHARS} characters; that one has {len(name)}."
+    if name.startswith("@"):
+        return "A name cannot start with @ (that is how commands start)."
+    for ch in name:
+        category = unicodedata.category(ch)
+        if ch.isspace() or category.startswith("Z"):
+            return "A name cannot contain spaces."
+        if category.startswith("C"):
+            return "A name cannot contain control or invisible characters."
+    return None
+
+
+def name_key(name: str) -> str:
+    """The form in which names are compared: case-insensitive."""
+    return unicodedata.normalize("NFKC", name).casefold()

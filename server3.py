@@ -1,0 +1,764 @@
+"""Panda Chat server: a threaded TCP chat server for a classroom or a LAN party.
+
+Run it:     python3 server3.py            (127.0.0.1 port 12345; --help for options)
+Join it:    nc 127.0.0.1 12345            or   python3 client3.py
+Stop it:    Ctrl+C or SIGTERM: everybody is told, every socket closed, exit code 0.
+
+How it is built: one thread per connection reads that connection's lines and acts
+on them. Writing never blocks anybody:
+
+- A Client owns its socket. Client.send() tries a non-blocking send at once, from
+  whichever thread calls it. What the kernel does not take waits in that client's
+  own backlog (bounded by SEND_BACKLOG_LIMIT), and the one Flusher thread writes it
+  out when the socket can take more. The client's send lock keeps its order.
+  A client whose backlog overflows has stopped reading: it is dropped.
+- The Grove is the locked dict of names to clients. The lock is held only to read
+  or change the dict; broadcasting walks a snapshot, outside the lock.
+- All chat lines that one recv() brings are sent on as one write per receiver,
+  which keeps the system calls per delivered line low under load.
+
+Needs Linux, macOS or another system with MSG_DONTWAIT and poll(); on Windows run
+the server under WSL (the GUI client runs anywhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import logging
+import resource
+import select
+import selectors
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType, TracebackType
+
+from ascii_art import banner_lines, goodbye_lines
+from panda_facts import random_fact
+from protocol import (
+    LINE_TOO_LONG,
+    MAX_LINE_BYTES,
+    MAX_NAME_CHARS,
+    LineBuffer,
+    chat_line,
+    clean_text,
+    encode_line,
+    name_key,
+    name_problem,
+    system_line,
+)
+
+log = logging.getLogger("panda-chat")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 12345
+# Far more than a classroom needs; the real ceiling is the file-descriptor limit.
+DEFAULT_MAX_CLIENTS = 10_000
+# Long enough to think of a good panda name, short enough that idle
+# half-open connections do not pile up.
+DEFAULT_NAME_TIMEOUT_S = 60.0
+
+# A storm of connections must queue, not be refused, while the accept loop
+# catches up (the kernel caps this at net.core.somaxconn).
+LISTEN_BACKLOG = 4096
+# Each connection has a thread; its stack is address space, and a handler needs
+# little of it. 256 KiB instead of 8 MiB lets thousands of threads fit.
+THREAD_STACK_BYTES = 256 * 1024
+# Every blocked reader holds a buffer this big; 4 KiB is one full-size line and
+# keeps an idle connection cheap.
+RECV_BYTES = 4096
+# What a client that is not reading may have waiting for it before it is
+# dropped: thousands of chat lines, so a reader who is seconds behind catches
+# up, while 1,000 stuck readers still cost at most 256 MiB.
+SEND_BACKLOG_LIMIT = 256 * 1024
+# Accept at most this many connections per wake-up so that a connection storm
+# cannot starve a shutdown request.
+ACCEPT_BATCH = 64
+# After running out of file descriptors, wait this long before accepting again.
+ACCEPT_RETRY_S = 0.1
+# Descriptors kept for the listener, the flusher, logging and the wake-up pair.
+FD_RESERVE = 32
+# Joins and leaves are announced to everybody only while the grove has at most
+# this many pandas: announcing every join to everybody costs N squared lines.
+ANNOUNCE_LIMIT = 200
+# A grove listing is split into lines of about this many characters.
+LISTING_LINE_CHARS = 400
+# On shutdown: how long the goodbye lines may take to flush, and how long the
+# connection threads get to finish, so that the whole stop takes under 2 s.
+SHUTDOWN_FLUSH_S = 0.5
+SHUTDOWN_JOIN_S = 1.0
+
+# send() that never waits, even on a blocking socket.
+_DONTWAIT = socket.MSG_DONTWAIT
+
+
+def _pandas(count: int) -> str:
+    return f"{count} panda{'' if count == 1 else 's'}"
+
+
+def _wait_readable(sock: socket.socket, timeout: float) -> bool:
+    """Wait up to timeout seconds for sock to have data (or EOF) to read."""
+    poller = select.poll()  # poll(), not select(): descriptors may be above 1024
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(max(0.0, timeout) * 1000))
+
+
+class Client:
+    """One connection. It owns its socket.
+
+    Its own thread reads with read_lines(); anybody writes with send(), which
+    never blocks and keeps order; the Flusher calls flush() when the socket can
+    take more of the backlog. hang_up() wakes the reader so that its thread can
+    finish; close() is the last thing that thread does.
+    """
+
+    def __init__(self, sock: socket.socket, address: tuple[str, int], flusher: Flusher) -> None:
+        self.sock = sock
+        self.fileno = sock.fileno()
+        self.address = address
+        self.name = ""
+        self.thread: threading.Thread | None = None
+        self.drop_reason = ""  # why the server hung up, when it did
+        self._framer = LineBuffer()
+        self._flusher = flusher
+        self._lock = threading.Lock()  # guards the backlog, its order and _closed
+        self._backlog: deque[bytes] = deque()
+        self._backlog_bytes = 0
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"{self.name or '(no name)'} from {self.address[0]}:{self.address[1]}"
+
+    # --- reading: only the client's own thread -----------------------------
+
+    def read_lines(self, timeout: float | None = None) -> list[str | object] | None:
+        """The lines one recv() brings; None at EOF; TimeoutError after timeout."""
+        if timeout is not None and not _wait_readable(self.sock, timeout):
+            raise TimeoutError
+        data = self.sock.recv(RECV_BYTES)
+        if not data:
+            return None
+        return list(self._framer.feed(data))
+
+    # --- writing: anybody, through here only -------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Send data now if the socket takes it, else queue it in order."""
+        with self._lock:
+            if self._closed:
+                return
+            if not self._backlog:
+                sent = self._send_now(data)
+                if sent == len(data) or self._closed:
+                    return
+                data = data[sent:]
+            if self._backlog_bytes + len(data) > SEND_BACKLOG_LIMIT:
+                self._hang_up_locked("could not keep up (stopped reading)")
+                return
+            self._backlog.append(data)
+            self._backlog_bytes += len(data)
+            first_in_backlog = len(self._backlog) == 1
+        if first_in_backlog:
+            self._flusher.watch(self)
+
+    def flush(self) -> bool:
+        """Write out what the backlog holds; True when nothing is left to wait for."""
+        with self._lock:
+            if self._backlog and not self._closed:
+                data = b"".join(self._backlog)
+                self._backlog.clear()
+                sent = self._send_now(data)
+                if sent < len(data) and not self._closed:
+                    self._backlog.append(data[sent:])
+                self._backlog_bytes = len(data) - sent
+            return self._closed or not self._backlog
+
+    def _send_now(self, data: bytes) -> int:
+        """One non-blocking send; the caller holds the lock."""
+        try:
+            return self.sock.send(data, _DONTWAIT)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:  # the peer is gone; its reader will see EOF
+            self._hang_up_locked(f"connection lost: {exc.strerror or exc}")
+            return 0
+
+    # --- ending --------------------------------------------------------------
+
+    def hang_up(self, reason: str) -> None:
+        """Stop all traffic and wake the reader; its thread then finishes."""
+        with self._lock:
+            self._hang_up_locked(reason)
+
+    def _hang_up_locked(self, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.drop_reason = reason
+        self._backlog.clear()
+        self._backlog_bytes = 0
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already disconnected
+
+    def close(self, abort: bool = False) -> None:
+        """Release the socket; abort sends a reset (for a client that stopped reading)."""
+        with self._lock:
+            self._closed = True
+            self._backlog.clear()
+        self._flusher.watch(self)  # so that it forgets this client
+        if abort:
+            try:  # a reset frees the kernel's buffers at once
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass  # already disconnected
+        self.sock.close()
+
+
+class Flusher:
+    """The one thread that writes backlogs out.
+
+    watch(client) hands it a client whose socket was full (or that closed);
+    it waits until the socket can take more and calls client.flush() until the
+    backlog is empty. Only this thread touches its selector.
+    """
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._lock = threading.Lock()
+        self._handed: list[Client] = []
+        self._stopping = False
+        self.idle = threading.Event()  # set while no backlog is waiting
+        self.idle.set()
+        self._thread = threading.Thread(target=self._run, name="flusher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def watch(self, client: Client) -> None:
+        with self._lock:
+            self._handed.append(client)
+            self.idle.clear()
+            first = len(self._handed) == 1
+        if first:
+            self._wake()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # the pipe is full or closed, so a wake-up is pending anyway
+
+    def _run(self) -> None:
+        while not self._stopping:
+            for key, _ in self._selector.select():
+                if key.fileobj is self._wake_r:
+                    self._drain_wake_pipe()
+                elif key.data.flush():
+                    self._selector.unregister(key.fd)
+            self._take_handed()
+
+    def _drain_wake_pipe(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _take_handed(self) -> None:
+        with self._lock:
+            handed, self._handed = self._handed, []
+        for client in handed:
+            key = self._selector.get_map().get(client.fileno)
+            if key is not None and key.data is not client:
+                # A closed client's descriptor number was reused: forget the old one.
+                self._selector.unregister(client.fileno)
+                key = None
+            if client.flush():
+                if key is not None:
+                    self._selector.unregister(client.fileno)
+            elif key is None:
+                try:
+                    self._selector.register(client.fileno, selectors.EVENT_WRITE, client)
+                except (OSError, ValueError):
+                    pass  # closed meanwhile: nothing to flush
+        with self._lock:
+            if not self._handed and len(self._selector.get_map()) == 1:
+                self.idle.set()
+
+
+class Grove:
+    """The chat room: a locked dict of names to clients.
+
+    add() claims a name, admit() lets the client hear broadcasts (after it was
+    welcomed, so that its welcome comes first), remove() takes it out.
+    broadcast() sends to everybody admitted, on a snapshot, outside the lock.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._members: dict[str, Client] = {}
+        self._listeners: tuple[Client, ...] = ()  # rebuilt on change, read lock-free
+
+    def add(self, client: Client, name: str) -> str | None:
+        """Give client the name; the reason why not when it is taken."""
+        key = name_key(name)
+        with self._lock:
+            if key in self._members:
+                return f"The name {self._members[key].name} is taken; pick another."
+            self._members[key] = client
+        client.name = name
+        return None
+
+    def admit(self, client: Client) -> int:
+        """Let client hear broadcasts; the number of pandas now here."""
+        with self._lock:
+            self._listeners = (*self._listeners, client)
+            return len(self._members)
+
+    def remove(self, client: Client) -> int | None:
+        """Take client out; the number of pandas left, or None if it was not in."""
+        with self._lock:
+            if self._members.get(name_key(client.name)) is not client:
+                return None
+            del self._members[name_key(client.name)]
+            self._listeners = tuple(c for c in self._listeners if c is not client)
+            return len(self._members)
+
+    def names(self) -> list[str]:
+        with self._lock:
+            members = list(self._members.values())
+        return sorted((c.name for c in members), key=str.casefold)
+
+    def find(self, name: str) -> Client | None:
+        with self._lock:
+            return self._members.get(name_key(name))
+
+    def broadcast(self, data: bytes, exclude: Client | None = None) -> None:
+        for client in self._listeners:
+            if client is not exclude:
+                client.send(data)
+
+
+# --- Commands: a word, a small function, and a help line ------------------------
+# A command function gets the server, the client and the rest of the line; it
+# returns a reason when the client is to leave, else None.
+
+CommandFunction = Callable[["ChatServer", Client, str], "str | None"]
+
+
+@dataclass(frozen=True)
+class Command:
+    run: CommandFunction
+    help: str
+
+
+def _reply(client: Client, kind: str, text: str) -> None:
+    client.send(encode_line(system_line(kind, text)))
+
+
+def do_bamboo(server: ChatServer, client: Client, arg: str) -> None:
+    _reply(client, "fact", random_fact())
+
+
+def do_grove(server: ChatServer, client: Client, arg: str) -> None:
+    client.send(server.grove_listing())
+
+
+def do_help(server: ChatServer, client: Client, arg: str) -> None:
+    client.send(b"".join(encode_line(system_line("help", f"{word} - {command.help}"))
+                         for word, command in COMMANDS.items()))
+
+
+def do_leaves(server: ChatServer, client: Client, arg: str) -> str:
+    client.send(b"".join(encode_line(system_line("art", line)) for line in goodbye_lines()))
+    _reply(client, "bye", f"Goodbye, {client.name}! Come back to the grove soon.")
+    return "said goodbye"
+
+
+COMMANDS: dict[str, Command] = {
+    "@bamboo": Command(do_bamboo, "a random panda fact, to you alone"),
+    "@grove": Command(do_grove, "who is in the grove"),
+    "@help": Command(do_help, "this list of commands"),
+    "@leaves": Command(do_leaves, "say goodbye and leave the grove"),
+}
+
+
+def unknown_command_reply(word: str) -> str:
+    close = difflib.get_close_matches(word.lower(), COMMANDS, n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]}?" if close else ""
+    return f"Unknown command {clean_text(word)}.{hint} Commands: {' '.join(COMMANDS)}"
+
+
+# --- The server -----------------------------------------------------------------
+
+
+class ChatServer:
+    """The Panda Chat server.
+
+    serve_forever() accepts connections until shutdown() is called (from
+    another thread or a signal handler); close() then says goodbye to every
+    connection, closes every socket and ends every thread. Used as a context
+    manager, leaving the block calls close().
+
+    Settings are the keyword arguments: max_clients, name_timeout (seconds).
+    address is the (host, port) actually bound; port 0 picks a free port.
+    """
+
+    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
+                 max_clients: int = DEFAULT_MAX_CLIENTS,
+                 name_timeout: float = DEFAULT_NAME_TIMEOUT_S) -> None:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        self._listener = socket.create_server((host, port), family=family,
+                                              backlog=LISTEN_BACKLOG)
+        self._listener.setblocking(False)
+        self.address: tuple[str, int] = self._listener.getsockname()[:2]
+        self.max_clients = min(max_clients, descriptor_capacity())
+        self.name_timeout = name_timeout
+        self.grove = Grove()
+        self._flusher = Flusher()
+        self._connections: set[Client] = set()
+        self._connections_lock = threading.Lock()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._stop_requested = False
+        self._closing = False
+        self._serving = threading.Lock()  # held while serve_forever runs
+        self._banner = b"".join(
+            [encode_line(system_line("art", line)) for line in banner_lines()]
+            + [encode_line(system_line("info", "Welcome to Panda Chat!"))])
+        self._prompt = encode_line(system_line(
+            "name", f"What is your panda name? (1-{MAX_NAME_CHARS} characters, no spaces)"))
+
+    def __enter__(self) -> ChatServer:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # --- accepting ----------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        """Accept connections until shutdown() is called."""
+        with self._serving, selectors.DefaultSelector() as selector:
+            self._flusher.start()
+            selector.register(self._listener, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while not self._stop_requested:
+                for key, _ in selector.select():
+                    if key.fileobj is self._listener:
+                        self._accept_waiting()
+
+    def shutdown(self) -> None:
+        """Make serve_forever() return; safe from any thread or a signal handler."""
+        self._stop_requested = True
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # already woken, or closed
+
+    def _accept_waiting(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, address = self._listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:  # out of descriptors or memory: let some go first
+                log.warning("accept failed: %s; retrying in %.1f s", exc, ACCEPT_RETRY_S)
+                time.sleep(ACCEPT_RETRY_S)
+                return
+            self._start_connection(sock, address)
+
+    def _start_connection(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle delays
+        client = Client(sock, address, self._flusher)
+        with self._connections_lock:
+            full = len(self._connections) >= self.max_clients
+            if not full:
+                self._connections.add(client)
+        if not full:
+            client.thread = threading.Thread(target=self._serve_client, args=(client,),
+                                             name=f"panda {address[0]}:{address[1]}",
+                                             daemon=True)
+            try:
+                client.thread.start()
+                return
+            except RuntimeError:  # the system would not give us another thread
+                with self._connections_lock:
+                    self._connections.discard(client)
+        log.warning("refused %s:%s: the grove is full (%d connections)",
+                    address[0], address[1], self.max_clients)
+        _reply(client, "full", f"The grove is full ({_pandas(self.max_clients)}). "
+                               "Please try again later.")
+        client.close()
+
+    # --- one connection: setup, handle, finish --------------------------------
+
+    def _serve_client(self, client: Client) -> None:
+        reason = "connection closed"
+        try:
+            reason = self._converse(client)
+        except OSError as exc:
+            reason = f"connection lost: {exc.strerror or exc}"
+        except Exception:
+            log.exception("error serving %r", client)
+            reason = "server error"
+        finally:
+            self._finish(client, client.drop_reason or reason)
+
+    def _converse(self, client: Client) -> str:
+        client.send(self._banner + self._prompt)
+        named = self._ask_name(client)
+        if isinstance(named, str):
+            return named
+        self._welcome(client)
+        return self._chat(client, named)
+
+    def _ask_name(self, client: Client) -> str | list[str | object]:
+        """Prompt until a good name; the lines after it, or why the client left."""
+        deadline = time.monotonic() + self.name_timeout
+        while True:
+            try:
+                lines = client.read_lines(deadline - time.monotonic())
+            except TimeoutError:
+                _reply(client, "bye", f"No name within {self.name_timeout:g} seconds; goodbye.")
+                return "no name in time"
+            if lines is None:
+                return "left before choosing a name"
+            for index, line in enumerate(lines):
+                if line is LINE_TOO_LONG:
+                    self._refuse_name(client, "That was far too long for a name.")
+                    continue
+                assert isinstance(line, str)
+                name = line.strip()
+                if not name:
+                    continue
+                if name.lower() == "@leaves":
+                    _reply(client, "bye", "Goodbye!")
+                    return "left before choosing a name"
+                problem = name_problem(name) or self.grove.add(client, name)
+                if problem:
+                    self._refuse_name(client, problem)
+                    continue
+                return lines[index + 1:]
+
+    def _refuse_name(self, client: Client, reason: str) -> None:
+        client.send(encode_line(system_line("error", reason)) + self._prompt)
+
+    def _welcome(self, client: Client) -> None:
+        name = client.name
+        _reply(client, "welcome", f"Welcome to the grove, {name}! Type @help for the commands.")
+        count = self.grove.admit(client)
+        log.info("join %s (%s)", name, _pandas(count))
+        if count <= ANNOUNCE_LIMIT:
+            client.send(self.grove_listing())
+            self.grove.broadcast(encode_line(system_line("join", f"{name} joined the grove.")),
+                                 exclude=client)
+        else:
+            quiet = encode_line(system_line(
+                "quiet", f"Over {_pandas(ANNOUNCE_LIMIT)} are here, so joins and leaves are "
+                         "no longer announced. @grove lists everybody."))
+            client.send(quiet)
+            if count == ANNOUNCE_LIMIT + 1:
+                self.grove.broadcast(quiet, exclude=client)
+
+    def _chat(self, client: Client, lines: list[str | object]) -> str:
+        """Relay chat and run commands until the client leaves; why it left."""
+        while not self._closing:
+            reason = self._handle_lines(client, lines)
+            if reason:
+                return reason
+            next_lines = client.read_lines()
+            if next_lines is None:
+                return "connection closed"
+            lines = next_lines
+        return "server shutting down"
+
+    def _handle_lines(self, client: Client, lines: list[str | object]) -> str | None:
+        """Act on one batch of lines; chat lines go out as one write per receiver."""
+        chat: list[bytes] = []
+        for line in lines:
+            if line is LINE_TOO_LONG:
+                _reply(client, "error", f"That line was over {MAX_LINE_BYTES} bytes, "
+                                        "so it was dropped.")
+                continue
+            assert isinstance(line, str)
+            text = line.rstrip()
+            if not text.strip():
+                continue  # nothing to say is never broadcast
+            if not text.startswith("@"):
+                chat.append(encode_line(chat_line(client.name, clean_text(text))))
+                continue
+            self._relay(client, chat)  # what was said before a command goes first
+            chat = []
+            reason = self._run_command(client, text.lstrip())
+            if reason:
+                return reason
+        self._relay(client, chat)
+        return None
+
+    def _relay(self, client: Client, chat: list[bytes]) -> None:
+        if chat:
+            self.grove.broadcast(b"".join(chat), exclude=client)
+
+    def _run_command(self, client: Client, text: str) -> str | None:
+        word, _, arg = text.partition(" ")
+        command = COMMANDS.get(word.lower())
+        if command is None:
+            _reply(client, "error", unknown_command_reply(word))
+            return None
+        return command.run(self, client, arg.strip())
+
+    def _finish(self, client: Client, reason: str) -> None:
+        """The one way out for every connection."""
+        left = self.grove.remove(client)
+        with self._connections_lock:
+            self._connections.discard(client)
+        client.close(abort=reason.startswith("could not keep up"))
+        if left is None:
+            log.debug("%r went away: %s", client, reason)
+            return
+        if reason.startswith("could not keep up"):
+            log.warning("drop %s: %s", client.name, reason)
+        log.info("leave %s (%s)", client.name, reason)
+        if self._closing:
+            return
+        if left < ANNOUNCE_LIMIT:
+            self.grove.broadcast(encode_line(system_line(
+                "leave", f"{client.name} left the grove ({reason}).")))
+        elif left == ANNOUNCE_LIMIT:
+            self.grove.broadcast(self.grove_listing())  # small enough to announce again
+
+    def grove_listing(self) -> bytes:
+        """The grove line (and its more lines) for everybody here."""
+        names = self.grove.names()
+        lines = [f"{_pandas(len(names))} here:"]
+        kind = "grove"
+        out: list[bytes] = []
+        for name in names:
+            if len(lines[-1]) + len(name) > LISTING_LINE_CHARS:
+                out.append(encode_line(system_line(kind, " ".join(lines))))
+                lines, kind = [], "more"
+            lines.append(name)
+        out.append(encode_line(system_line(kind, " ".join(lines))))
+        return b"".join(out)
+
+    # --- stopping -------------------------------------------------------------
+
+    def close(self) -> None:
+        """Say goodbye to every connection, close every socket, end every thread."""
+        if self._closing:
+            return
+        self._closing = True
+        self.shutdown()
+        with self._serving:  # wait for serve_forever() to return
+            self._listener.close()
+        with self._connections_lock:
+            clients = list(self._connections)
+        goodbye = encode_line(system_line("shutdown", "The server is shutting down. Goodbye!"))
+        for client in clients:
+            client.send(goodbye)
+        self._flusher.idle.wait(SHUTDOWN_FLUSH_S)
+        for client in clients:
+            client.hang_up("server shutting down")
+        deadline = time.monotonic() + SHUTDOWN_JOIN_S
+        for client in clients:
+            if client.thread is not None:
+                client.thread.join(max(0.0, deadline - time.monotonic()))
+        self._flusher.stop()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+def descriptor_capacity() -> int:
+    """How many clients the file-descriptor limit leaves room for."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(1, soft - FD_RESERVE)
+
+
+def raise_descriptor_limit() -> int:
+    """Raise this process's soft file-descriptor limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft
+    return hard
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="server3.py",
+        description="Panda Chat server. Join with: nc HOST PORT, or python3 client3.py. "
+                    "Stop with Ctrl+C.")
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help="address to listen on, IPv4 or IPv6 (default %(default)s; "
+                             "0.0.0.0 for the whole LAN)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help="TCP port (default %(default)s; 0 picks a free one)")
+    parser.add_argument("--max-clients", type=int, default=DEFAULT_MAX_CLIENTS, metavar="N",
+                        help="most connections at once; more get a 'grove is full' line "
+                             "(default %(default)s)")
+    parser.add_argument("--name-timeout", type=float, default=DEFAULT_NAME_TIMEOUT_S,
+                        metavar="S", help="seconds a new connection has to choose a name "
+                                          "(default %(default)g)")
+    parser.add_argument("--log-level", default="INFO", type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="how much to log (default %(default)s)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    threading.stack_size(THREAD_STACK_BYTES)
+    fd_limit = raise_descriptor_limit()
+    try:
+        server = ChatServer(args.host, args.port, max_clients=args.max_clients,
+                            name_timeout=args.name_timeout)
+    except OSError as exc:
+        why = "is already in use" if exc.errno == 98 else f"cannot be used: {exc.strerror or exc}"
+        print(f"server3.py: port {args.port} on {args.host} {why}.", file=sys.stderr)
+        return 1
+    host, port = server.address
+    shown = f"[{host}]" if ":" in host else host
+    log.info("Panda Chat listening on %s:%d; up to %s (file-descriptor limit %d)",
+             shown, port, _pandas(server.max_clients), fd_limit)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        server.shutdown()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    with server:
+        server.serve_forever()
+    print("Panda Chat server stopped. Goodbye from the grove!", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

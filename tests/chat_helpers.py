@@ -1,0 +1,135 @@
+"""Helpers the tests share: a real server in a thread, and a line client.
+
+    with running_server(name_timeout=2) as server:
+        alice = LineClient(server.address, "Alice")
+        alice.send("hello")
+        bob.expect(r"^Alice: hello$")
+
+Every wait has a timeout; a failed expect() says which lines it saw.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from protocol import LINE_TOO_LONG, LineBuffer, encode_line
+from server3 import ChatServer
+
+WAIT_S = 5.0  # long enough for a loaded CI machine, short enough to fail fast
+
+
+@contextmanager
+def running_server(**options: Any) -> Iterator[ChatServer]:
+    """A real ChatServer on 127.0.0.1, a free port, serving in a thread."""
+    server = ChatServer("127.0.0.1", 0, **options)
+    thread = threading.Thread(target=server.serve_forever, name="test-server", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.close()
+        thread.join(WAIT_S)
+        assert not thread.is_alive(), "serve_forever() did not return after close()"
+
+
+class LineClient:
+    """A plain socket client that speaks lines, like a person with nc."""
+
+    def __init__(self, address: tuple[Any, ...], name: str | None = None,
+                 rcvbuf: int | None = None) -> None:
+        self.sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
+        if rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(WAIT_S)
+        self.sock.connect(address[:2])
+        self._framer = LineBuffer(max_line_bytes=1 << 20)
+        self._lines: deque[str] = deque()
+        self.seen: list[str] = []  # every line received, for failure messages
+        self.eof = False
+        if name is not None:
+            self.join(name)
+
+    def join(self, name: str) -> str:
+        self.send(name)
+        return self.expect(r"^\* welcome: ")
+
+    def send(self, text: str) -> None:
+        self.sock.sendall(encode_line(text))
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self, deadline: float) -> bool:
+        """Read once; False on EOF or when the deadline has passed."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or self.eof:
+            return False
+        self.sock.settimeout(remaining)
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            self.eof = True
+            return False
+        for line in self._framer.feed(data):
+            assert line is not LINE_TOO_LONG
+            assert isinstance(line, str)
+            self._lines.append(line)
+            self.seen.append(line)
+        return True
+
+    def next_line(self, timeout: float = WAIT_S) -> str | None:
+        """The next line, or None on EOF or timeout."""
+        deadline = time.monotonic() + timeout
+        while not self._lines:
+            if not self._fill(deadline):
+                return None
+        return self._lines.popleft()
+
+    def expect(self, pattern: str, timeout: float = WAIT_S) -> str:
+        """Skip lines until one matches pattern (re.search); fail on timeout or EOF."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.next_line(max(0.0, deadline - time.monotonic()))
+            if line is None:
+                why = "EOF" if self.eof else f"{timeout} s"
+                raise AssertionError(f"no line matching {pattern!r} before {why}; "
+                                     f"last lines seen: {self.seen[-15:]!r}")
+            if re.search(pattern, line):
+                return line
+
+    def lines_until(self, pattern: str, timeout: float = WAIT_S) -> list[str]:
+        """Every line up to and including the first that matches pattern."""
+        start = len(self.seen) - len(self._lines)
+        self.expect(pattern, timeout)
+        return self.seen[start:len(self.seen) - len(self._lines)]
+
+    def read_until_eof(self, timeout: float = WAIT_S) -> list[str]:
+        """All remaining lines; fails unless the server closes within timeout."""
+        deadline = time.monotonic() + timeout
+        lines: list[str] = []
+        while True:
+            line = self.next_line(max(0.0, deadline - time.monotonic()))
+            if line is None:
+                assert self.eof, f"no EOF within {timeout} s; got {lines[-10:]!r}"
+                return lines
+            lines.append(line)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def abort(self) -> None:
+        """Close with a TCP reset (RST) instead of a FIN."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
