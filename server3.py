@@ -88,6 +88,14 @@ FD_RESERVE = 32
 # Joins and leaves are announced to everybody only while the grove has at most
 # this many pandas: announcing every join to everybody costs N squared lines.
 ANNOUNCE_LIMIT = 200
+# Chat lines kept for newcomers (--history); 50 is a screenful of context.
+DEFAULT_HISTORY = 50
+# Flood control (--rate-limit, --burst): a fast typist sends a line every second
+# or two and a paste of a few dozen lines comes at once, so a burst of 50 lines
+# and 10 lines a second after it are never hit by a person, while a script
+# flooding the grove is slowed to a pace people can read.
+DEFAULT_RATE_LIMIT = 10.0
+DEFAULT_BURST = 50
 # A grove listing is split into lines of about this many characters.
 LISTING_LINE_CHARS = 400
 # On shutdown: how long the goodbye lines may take to flush, and how long the
@@ -108,6 +116,33 @@ def _wait_readable(sock: socket.socket, timeout: float) -> bool:
     poller = select.poll()  # poll(), not select(): descriptors may be above 1024
     poller.register(sock, select.POLLIN)
     return bool(poller.poll(max(0.0, timeout) * 1000))
+
+
+class TokenBucket:
+    """Flood control: on average rate lines a second, up to burst at once.
+
+    wait() takes a token and returns 0, or returns how long until one is there.
+    throttled is True from the first wait until the bucket is full again, so
+    that a flooder hears "slow down" once per episode.
+    """
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = max(1, burst)
+        self._tokens = float(self.burst)
+        self._stamp = time.monotonic()
+        self.throttled = False
+
+    def wait(self) -> float:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens >= self.burst:
+            self.throttled = False
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return 0.0
+        return (1 - self._tokens) / self.rate
 
 
 class Client:
@@ -391,6 +426,22 @@ def do_help(server: ChatServer, client: Client, arg: str) -> None:
                          for word, command in COMMANDS.items()))
 
 
+def do_whisper(server: ChatServer, client: Client, arg: str) -> None:
+    name, _, text = arg.partition(" ")
+    text = clean_text(text.strip())
+    target = server.grove.find(name) if name else None
+    if not name or not text:
+        _reply(client, "error", "To whisper, type: @whisper NAME your message")
+    elif target is client:
+        _reply(client, "error", "Whispering to yourself? Your secret is safe with you.")
+    elif target is None:
+        _reply(client, "error", f"There is no panda called {clean_text(name)} here. "
+                                "@grove lists who is here.")
+    else:
+        _reply(target, "whisper", chat_line(client.name, text))
+        _reply(client, "whispered", f"to {chat_line(target.name, text)}")
+
+
 def do_leaves(server: ChatServer, client: Client, arg: str) -> str:
     client.send(b"".join(encode_line(system_line("art", line)) for line in goodbye_lines()))
     _reply(client, "bye", f"Goodbye, {client.name}! Come back to the grove soon.")
@@ -402,6 +453,7 @@ COMMANDS: dict[str, Command] = {
     "@grove": Command(do_grove, "who is in the grove"),
     "@help": Command(do_help, "this list of commands"),
     "@leaves": Command(do_leaves, "say goodbye and leave the grove"),
+    "@whisper": Command(do_whisper, "@whisper NAME text: a private message to NAME alone"),
 }
 
 
@@ -422,13 +474,18 @@ class ChatServer:
     connection, closes every socket and ends every thread. Used as a context
     manager, leaving the block calls close().
 
-    Settings are the keyword arguments: max_clients, name_timeout (seconds).
+    Settings are the keyword arguments: max_clients, name_timeout (seconds),
+    history (chat lines replayed to newcomers, 0 for none), rate_limit and
+    burst (flood control; a rate_limit of 0, the default here, turns it off:
+    the command line turns it on).
     address is the (host, port) actually bound; port 0 picks a free port.
     """
 
     def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
                  max_clients: int = DEFAULT_MAX_CLIENTS,
-                 name_timeout: float = DEFAULT_NAME_TIMEOUT_S) -> None:
+                 name_timeout: float = DEFAULT_NAME_TIMEOUT_S,
+                 history: int = DEFAULT_HISTORY,
+                 rate_limit: float = 0.0, burst: int = DEFAULT_BURST) -> None:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         self._listener = socket.create_server((host, port), family=family,
                                               backlog=LISTEN_BACKLOG)
@@ -436,6 +493,11 @@ class ChatServer:
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
         self.max_clients = min(max_clients, descriptor_capacity())
         self.name_timeout = name_timeout
+        self.rate_limit = rate_limit
+        self.burst = burst
+        self._history: deque[str] = deque(maxlen=history)
+        self._history_lock = threading.Lock()
+        self._stopping = threading.Event()  # wakes readers held back by flood control
         self.grove = Grove()
         self._flusher = Flusher()
         self._connections: set[Client] = set()
@@ -573,6 +635,9 @@ class ChatServer:
         _reply(client, "welcome", f"Welcome to the grove, {name}! Type @help for the commands.")
         count = self.grove.admit(client)
         log.info("join %s (%s)", name, _pandas(count))
+        with self._history_lock:
+            history = list(self._history)
+        client.send(b"".join(encode_line(system_line("history", line)) for line in history))
         if count <= ANNOUNCE_LIMIT:
             client.send(self.grove_listing())
             self.grove.broadcast(encode_line(system_line("join", f"{name} joined the grove.")),
@@ -587,8 +652,9 @@ class ChatServer:
 
     def _chat(self, client: Client, lines: list[str | object]) -> str:
         """Relay chat and run commands until the client leaves; why it left."""
+        bucket = TokenBucket(self.rate_limit, self.burst) if self.rate_limit > 0 else None
         while not self._closing:
-            reason = self._handle_lines(client, lines)
+            reason = self._handle_lines(client, lines, bucket)
             if reason:
                 return reason
             next_lines = client.read_lines()
@@ -597,32 +663,55 @@ class ChatServer:
             lines = next_lines
         return "server shutting down"
 
-    def _handle_lines(self, client: Client, lines: list[str | object]) -> str | None:
+    def _handle_lines(self, client: Client, lines: list[str | object],
+                      bucket: TokenBucket | None) -> str | None:
         """Act on one batch of lines; chat lines go out as one write per receiver."""
-        chat: list[bytes] = []
+        chat: list[str] = []
         for line in lines:
-            if line is LINE_TOO_LONG:
+            if isinstance(line, str) and not line.strip():
+                continue  # nothing to say is never broadcast, and costs no token
+            if bucket is not None and not self._take_token(client, bucket, chat):
+                return "server shutting down"
+            if not isinstance(line, str):
                 _reply(client, "error", f"That line was over {MAX_LINE_BYTES} bytes, "
                                         "so it was dropped.")
-                continue
-            assert isinstance(line, str)
-            text = line.rstrip()
-            if not text.strip():
-                continue  # nothing to say is never broadcast
-            if not text.startswith("@"):
-                chat.append(encode_line(chat_line(client.name, clean_text(text))))
-                continue
-            self._relay(client, chat)  # what was said before a command goes first
-            chat = []
-            reason = self._run_command(client, text.lstrip())
-            if reason:
-                return reason
+            elif not line.startswith("@"):
+                chat.append(chat_line(client.name, clean_text(line.rstrip())))
+            else:
+                self._relay(client, chat)  # what was said before a command goes first
+                chat = []
+                reason = self._run_command(client, line.rstrip())
+                if reason:
+                    return reason
         self._relay(client, chat)
         return None
 
-    def _relay(self, client: Client, chat: list[bytes]) -> None:
-        if chat:
-            self.grove.broadcast(b"".join(chat), exclude=client)
+    def _relay(self, client: Client, chat: list[str]) -> None:
+        if not chat:
+            return
+        self.grove.broadcast(b"".join(encode_line(line) for line in chat), exclude=client)
+        if self._history.maxlen:
+            stamp = time.strftime("%H:%M")
+            with self._history_lock:
+                self._history.extend(f"[{stamp}] {line}" for line in chat)
+
+    def _take_token(self, client: Client, bucket: TokenBucket, chat: list[str]) -> bool:
+        """Hold this reader back until the flood control allows one more line.
+
+        While it waits it reads nothing, so TCP pushes back on the flooder and
+        nothing it sent is lost. False when the server stops meanwhile.
+        """
+        while (delay := bucket.wait()) > 0:
+            self._relay(client, chat)  # what came before the wait goes out now
+            chat.clear()
+            if not bucket.throttled:
+                bucket.throttled = True
+                log.info("slow %s: over %g lines a second", client.name, bucket.rate)
+                _reply(client, "slow", f"Slow down! Over {bucket.rate:g} lines a second; your "
+                                       "lines are queued and will all be delivered.")
+            if self._stopping.wait(delay):
+                return False
+        return True
 
     def _run_command(self, client: Client, text: str) -> str | None:
         word, _, arg = text.partition(" ")
@@ -673,6 +762,7 @@ class ChatServer:
         if self._closing:
             return
         self._closing = True
+        self._stopping.set()
         self.shutdown()
         with self._serving:  # wait for serve_forever() to return
             self._listener.close()
@@ -726,6 +816,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--name-timeout", type=float, default=DEFAULT_NAME_TIMEOUT_S,
                         metavar="S", help="seconds a new connection has to choose a name "
                                           "(default %(default)g)")
+    parser.add_argument("--history", type=int, default=DEFAULT_HISTORY, metavar="N",
+                        help="chat lines replayed to a newcomer; 0 turns it off "
+                             "(default %(default)s)")
+    parser.add_argument("--rate-limit", type=float, default=DEFAULT_RATE_LIMIT, metavar="R",
+                        help="lines a second one client may send on average; faster senders "
+                             "are slowed down, never cut off; 0 turns it off "
+                             "(default %(default)g)")
+    parser.add_argument("--burst", type=int, default=DEFAULT_BURST, metavar="B",
+                        help="lines a client may send at once before --rate-limit applies "
+                             "(default %(default)s)")
     parser.add_argument("--log-level", default="INFO", type=str.upper,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="how much to log (default %(default)s)")
@@ -739,7 +839,8 @@ def main(argv: list[str] | None = None) -> int:
     fd_limit = raise_descriptor_limit()
     try:
         server = ChatServer(args.host, args.port, max_clients=args.max_clients,
-                            name_timeout=args.name_timeout)
+                            name_timeout=args.name_timeout, history=args.history,
+                            rate_limit=args.rate_limit, burst=args.burst)
     except OSError as exc:
         why = "is already in use" if exc.errno == 98 else f"cannot be used: {exc.strerror or exc}"
         print(f"server3.py: port {args.port} on {args.host} {why}.", file=sys.stderr)
