@@ -18,6 +18,7 @@ every KIND.
 
 from __future__ import annotations
 
+import ssl
 import unicodedata
 from dataclasses import dataclass
 from typing import Final
@@ -175,3 +176,63 @@ def name_problem(name: str) -> str | None:
 def name_key(name: str) -> str:
     """The form in which names are compared: case-insensitive."""
     return unicodedata.normalize("NFKC", name).casefold()
+
+
+# --- TLS over memory buffers ----------------------------------------------------
+
+
+class TlsSession:
+    """TLS done in memory (ssl.SSLObject with two MemoryBIOs), so that the
+    caller keeps its own plain socket, reads and writes it as before, and only
+    passes bytes through here. Not thread-safe: the caller holds one lock
+    around every call on the same session.
+
+        session = TlsSession(context, server_side=True)
+        session.handshake()       -> True once done (False: needs more bytes)
+        session.feed(raw)         -> plaintext that raw completed; None at close
+        session.encrypt(text)     -> bytes to send
+        session.outgoing()        -> bytes TLS itself wants sent (handshake, ...)
+    """
+
+    def __init__(self, context: ssl.SSLContext, *, server_side: bool,
+                 server_hostname: str | None = None) -> None:
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(self._incoming, self._outgoing,
+                                     server_side=server_side, server_hostname=server_hostname)
+
+    def handshake(self) -> bool:
+        """Advance the handshake; raises ssl.SSLError when it fails."""
+        try:
+            self._ssl.do_handshake()
+        except ssl.SSLWantReadError:
+            return False
+        return True
+
+    def feed(self, raw: bytes) -> bytes | None:
+        """Decrypt raw bytes from the peer (b"" for EOF); None once TLS has closed."""
+        if raw:
+            self._incoming.write(raw)
+        else:
+            self._incoming.write_eof()
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunk = self._ssl.read(65536)
+            except ssl.SSLWantReadError:
+                return b"".join(chunks)
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b"".join(chunks) or None
+            if not chunk:
+                return b"".join(chunks) or None
+            chunks.append(chunk)
+
+    def encrypt(self, data: bytes) -> bytes:
+        self._ssl.write(data)
+        return self._outgoing.read()
+
+    def outgoing(self) -> bytes:
+        return self._outgoing.read()
+
+    def version(self) -> str | None:
+        return self._ssl.version()

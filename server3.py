@@ -25,12 +25,16 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import heapq
+import hmac
 import logging
 import resource
+import secrets
 import select
 import selectors
 import signal
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -43,10 +47,12 @@ from types import FrameType, TracebackType
 from ascii_art import banner_lines, goodbye_lines
 from panda_facts import random_fact
 from protocol import (
+    ENCODING,
     LINE_TOO_LONG,
     MAX_LINE_BYTES,
     MAX_NAME_CHARS,
     LineBuffer,
+    TlsSession,
     chat_line,
     clean_text,
     encode_line,
@@ -103,6 +109,23 @@ LISTING_LINE_CHARS = 400
 SHUTDOWN_FLUSH_S = 0.5
 SHUTDOWN_JOIN_S = 1.0
 
+# How long a panda whose connection dropped keeps its name and its missed
+# lines (--resume-window): long enough for Wi-Fi to come back.
+DEFAULT_RESUME_WINDOW_S = 120.0
+# Resume codes: 16 random bytes (22 characters) cannot be guessed.
+RESUME_CODE_BYTES = 16
+# How long a new connection has to finish its TLS handshake.
+TLS_HANDSHAKE_TIMEOUT_S = 10.0
+# How long a resume waits for the half-open connection it replaces to end.
+RESUME_TAKEOVER_S = 2.0
+
+# Reasons for leaving that the code tells apart.
+SLOW_READER = "could not keep up (stopped reading)"
+GOODBYE = "said goodbye"
+SHUTTING_DOWN = "server shutting down"
+PLAIN_ON_TLS_PORT = ("This grove speaks TLS. Connect with: python3 client3.py --tls, "
+                     "or: openssl s_client -quiet -connect HOST:PORT")
+
 # send() that never waits, even on a blocking socket.
 _DONTWAIT = socket.MSG_DONTWAIT
 
@@ -146,30 +169,46 @@ class TokenBucket:
 
 
 class Client:
-    """One connection. It owns its socket.
+    """One connection, and the panda on it. It owns its socket.
 
     Its own thread reads with read_lines(); anybody writes with send(), which
     never blocks and keeps order; the Flusher calls flush() when the socket can
     take more of the backlog. hang_up() wakes the reader so that its thread can
     finish; close() is the last thing that thread does.
+
+    A panda whose connection dropped can stay in the grove "away" (go_away()):
+    what is sent to it then is kept, bounded, as missed lines, until a new
+    connection resumes it (adopt()) or it expires.
     """
 
-    def __init__(self, sock: socket.socket, address: tuple[str, int], flusher: Flusher) -> None:
+    def __init__(self, sock: socket.socket, address: tuple[str, int], flusher: Flusher,
+                 tls: TlsSession | None = None) -> None:
         self.sock = sock
         self.fileno = sock.fileno()
         self.address = address
+        self.tls = tls
         self.name = ""
         self.thread: threading.Thread | None = None
         self.drop_reason = ""  # why the server hung up, when it did
+        self.resume_code = ""
+        self.successor: Client | None = None  # the panda this connection resumed
         self._framer = LineBuffer()
+        self._heard = False  # whether anything was read yet
         self._flusher = flusher
-        self._lock = threading.Lock()  # guards the backlog, its order and _closed
+        self._lock = threading.Lock()  # guards the socket's writes, the backlogs, the states
         self._backlog: deque[bytes] = deque()
         self._backlog_bytes = 0
         self._closed = False
+        self._missed: deque[bytes] | None = None  # not None while away
+        self._missed_bytes = 0
+        self.away_since = 0.0
 
     def __repr__(self) -> str:
         return f"{self.name or '(no name)'} from {self.address[0]}:{self.address[1]}"
+
+    @property
+    def away(self) -> bool:
+        return self._missed is not None
 
     # --- reading: only the client's own thread -----------------------------
 
@@ -177,31 +216,84 @@ class Client:
         """The lines one recv() brings; None at EOF; TimeoutError after timeout."""
         if timeout is not None and not _wait_readable(self.sock, timeout):
             raise TimeoutError
-        data = self.sock.recv(RECV_BYTES)
-        if not data:
-            return None
-        return list(self._framer.feed(data))
+        raw = self.sock.recv(RECV_BYTES)
+        if self.tls is not None:
+            data = self._decrypt(raw)
+        elif raw.startswith(b"\x16\x03") and not self._heard:
+            raise WrongProtocol("a TLS client came to the plain-text port")
+        else:
+            data = raw or None
+        self._heard = True
+        return None if data is None else list(self._framer.feed(data))
+
+    def _decrypt(self, raw: bytes) -> bytes | None:
+        assert self.tls is not None
+        with self._lock:
+            data = self.tls.feed(raw)
+            self._queue_locked(self.tls.outgoing())  # e.g. a TLS 1.3 key update
+        return data
+
+    def tls_handshake(self, timeout: float) -> None:
+        """Complete the TLS handshake within timeout; TimeoutError, ssl.SSLError or
+        WrongProtocol when it cannot be done."""
+        assert self.tls is not None
+        deadline = time.monotonic() + timeout
+        first = True
+        while True:
+            with self._lock:
+                done = self.tls.handshake()
+                self._queue_locked(self.tls.outgoing())
+            if done:
+                return
+            if not _wait_readable(self.sock, deadline - time.monotonic()):
+                raise TimeoutError
+            raw = self.sock.recv(RECV_BYTES)
+            if first and raw[:1] not in (b"\x16", b""):
+                self.send_plain(encode_line(system_line("error", PLAIN_ON_TLS_PORT)))
+                raise WrongProtocol("a plain-text client came to the TLS port")
+            first = False
+            if not raw:
+                raise ConnectionResetError(0, "closed during the TLS handshake")
+            with self._lock:
+                self.tls.feed(raw)
+
+    def send_plain(self, data: bytes) -> None:
+        """Send bytes around TLS: only to tell a plain client it came to a TLS port."""
+        with self._lock:
+            self._queue_locked(data)
 
     # --- writing: anybody, through here only -------------------------------
 
     def send(self, data: bytes) -> None:
         """Send data now if the socket takes it, else queue it in order."""
         with self._lock:
+            if self._missed is not None:
+                self._keep_missed_locked(data)
+                return
             if self._closed:
                 return
-            if not self._backlog:
-                sent = self._send_now(data)
-                if sent == len(data) or self._closed:
-                    return
-                data = data[sent:]
-            if self._backlog_bytes + len(data) > SEND_BACKLOG_LIMIT:
-                self._hang_up_locked("could not keep up (stopped reading)")
-                return
-            self._backlog.append(data)
-            self._backlog_bytes += len(data)
-            first_in_backlog = len(self._backlog) == 1
-        if first_in_backlog:
+            if self.tls is not None:
+                data = self.tls.encrypt(data)
+            started_backlog = self._queue_locked(data)
+        if started_backlog:
             self._flusher.watch(self)
+
+    def _queue_locked(self, data: bytes) -> bool:
+        """Send what the socket takes now and keep the rest; True when that
+        starts a backlog, which the Flusher must be told of."""
+        if not data or self._closed:
+            return False
+        if not self._backlog:
+            sent = self._send_now(data)
+            if sent == len(data) or self._closed:
+                return False
+            data = data[sent:]
+        if self._backlog_bytes + len(data) > SEND_BACKLOG_LIMIT:
+            self._hang_up_locked(SLOW_READER)
+            return False
+        self._backlog.append(data)
+        self._backlog_bytes += len(data)
+        return len(self._backlog) == 1
 
     def flush(self) -> bool:
         """Write out what the backlog holds; True when nothing is left to wait for."""
@@ -224,6 +316,43 @@ class Client:
         except OSError as exc:  # the peer is gone; its reader will see EOF
             self._hang_up_locked(f"connection lost: {exc.strerror or exc}")
             return 0
+
+    # --- away, and back -------------------------------------------------------
+
+    def go_away(self) -> None:
+        """The connection is gone (closed) but the panda stays: keep what it misses."""
+        with self._lock:
+            self._missed = deque()
+            self._missed_bytes = 0
+            self.away_since = time.monotonic()
+
+    def _keep_missed_locked(self, data: bytes) -> None:
+        assert self._missed is not None
+        self._missed.append(data)
+        self._missed_bytes += len(data)
+        while self._missed_bytes > SEND_BACKLOG_LIMIT:  # keep the newest
+            self._missed_bytes -= len(self._missed.popleft())
+
+    def adopt(self, new: Client, greeting: bytes) -> None:
+        """Carry on over new's connection: greeting, the missed lines marked as
+        missed, then live lines; nothing can slip in between."""
+        with self._lock, new._lock:
+            missed = b"".join(self._missed or ()).decode(ENCODING, errors="replace")
+            self._missed = None
+            self.sock, self.fileno, self.address = new.sock, new.fileno, new.address
+            self.tls, self._framer, self.thread = new.tls, new._framer, new.thread
+            self._closed, self.drop_reason = False, ""
+            self._backlog, new._backlog = new._backlog, deque()
+            self._backlog_bytes, new._backlog_bytes = new._backlog_bytes, 0
+            new._closed = True  # the connection is this client's now
+            new.successor = self
+            data = greeting + b"".join(encode_line(system_line("missed", line))
+                                       for line in missed.splitlines())
+            if self.tls is not None:
+                data = self.tls.encrypt(data)
+            started_backlog = self._queue_locked(data)
+        if started_backlog:
+            self._flusher.watch(self)
 
     # --- ending --------------------------------------------------------------
 
@@ -249,13 +378,62 @@ class Client:
         with self._lock:
             self._closed = True
             self._backlog.clear()
+            self._backlog_bytes = 0
+            sock = self.sock
         self._flusher.watch(self)  # so that it forgets this client
         if abort:
             try:  # a reset frees the kernel's buffers at once
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             except OSError:
                 pass  # already disconnected
-        self.sock.close()
+        sock.close()
+
+
+class WrongProtocol(Exception):
+    """A connection spoke something else than expected (plain text to TLS, or TLS to plain)."""
+
+
+class Scheduler:
+    """One thread that runs small jobs at given times (expiring away pandas),
+    instead of a timer thread each."""
+
+    def __init__(self) -> None:
+        self._jobs: list[tuple[float, int, Callable[[], None]]] = []
+        self._counter = 0
+        self._changed = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def call_at(self, when: float, job: Callable[[], None]) -> None:
+        with self._changed:
+            self._counter += 1
+            heapq.heappush(self._jobs, (when, self._counter, job))
+            self._changed.notify()
+
+    def stop(self) -> None:
+        with self._changed:
+            self._stopping = True
+            self._changed.notify()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._stopping and (
+                        not self._jobs or self._jobs[0][0] > time.monotonic()):
+                    timeout = self._jobs[0][0] - time.monotonic() if self._jobs else None
+                    self._changed.wait(timeout)
+                if self._stopping:
+                    return
+                _, _, job = heapq.heappop(self._jobs)
+            try:
+                job()
+            except Exception:
+                log.exception("scheduled job failed")
 
 
 class Flusher:
@@ -382,9 +560,31 @@ class Grove:
             return len(self._members)
 
     def names(self) -> list[str]:
+        """The names of the pandas here (not those away)."""
         with self._lock:
             members = list(self._members.values())
-        return sorted((c.name for c in members), key=str.casefold)
+        return sorted((c.name for c in members if not c.away), key=str.casefold)
+
+    def claim_by_code(self, code: str, new_code: str) -> Client | None:
+        """The panda whose resume code this is, with its code replaced by
+        new_code (codes are single-use); None when no panda has it."""
+        with self._lock:
+            for client in self._members.values():  # every code, each in constant time
+                if client.resume_code and hmac.compare_digest(client.resume_code, code):
+                    client.resume_code = new_code
+                    return client
+        return None
+
+    def remove_if_away(self, client: Client, code: str, since: float) -> int | None:
+        """Remove client if it is still away since then with that code; as remove()."""
+        with self._lock:
+            if not (client.away and client.resume_code == code and client.away_since == since):
+                return None
+        return self.remove(client)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._members)
 
     def find(self, name: str) -> Client | None:
         with self._lock:
@@ -445,7 +645,7 @@ def do_whisper(server: ChatServer, client: Client, arg: str) -> None:
 def do_leaves(server: ChatServer, client: Client, arg: str) -> str:
     client.send(b"".join(encode_line(system_line("art", line)) for line in goodbye_lines()))
     _reply(client, "bye", f"Goodbye, {client.name}! Come back to the grove soon.")
-    return "said goodbye"
+    return GOODBYE
 
 
 COMMANDS: dict[str, Command] = {
@@ -477,7 +677,8 @@ class ChatServer:
     Settings are the keyword arguments: max_clients, name_timeout (seconds),
     history (chat lines replayed to newcomers, 0 for none), rate_limit and
     burst (flood control; a rate_limit of 0, the default here, turns it off:
-    the command line turns it on).
+    the command line turns it on), resume_window (seconds a dropped panda
+    may come back in; 0 for never) and tls (an ssl.SSLContext to serve TLS).
     address is the (host, port) actually bound; port 0 picks a free port.
     """
 
@@ -485,7 +686,9 @@ class ChatServer:
                  max_clients: int = DEFAULT_MAX_CLIENTS,
                  name_timeout: float = DEFAULT_NAME_TIMEOUT_S,
                  history: int = DEFAULT_HISTORY,
-                 rate_limit: float = 0.0, burst: int = DEFAULT_BURST) -> None:
+                 rate_limit: float = 0.0, burst: int = DEFAULT_BURST,
+                 resume_window: float = DEFAULT_RESUME_WINDOW_S,
+                 tls: ssl.SSLContext | None = None) -> None:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         self._listener = socket.create_server((host, port), family=family,
                                               backlog=LISTEN_BACKLOG)
@@ -494,6 +697,9 @@ class ChatServer:
         self.max_clients = min(max_clients, descriptor_capacity())
         self.name_timeout = name_timeout
         self.rate_limit = rate_limit
+        self.resume_window = resume_window
+        self.tls = tls
+        self._scheduler = Scheduler()
         self.burst = burst
         self._history: deque[str] = deque(maxlen=history)
         self._history_lock = threading.Lock()
@@ -527,6 +733,7 @@ class ChatServer:
         """Accept connections until shutdown() is called."""
         with self._serving, selectors.DefaultSelector() as selector:
             self._flusher.start()
+            self._scheduler.start()
             selector.register(self._listener, selectors.EVENT_READ)
             selector.register(self._wake_r, selectors.EVENT_READ)
             while not self._stop_requested:
@@ -556,7 +763,8 @@ class ChatServer:
 
     def _start_connection(self, sock: socket.socket, address: tuple[str, int]) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle delays
-        client = Client(sock, address, self._flusher)
+        tls = TlsSession(self.tls, server_side=True) if self.tls is not None else None
+        client = Client(sock, address, self._flusher, tls)
         with self._connections_lock:
             full = len(self._connections) >= self.max_clients
             if not full:
@@ -583,24 +791,40 @@ class ChatServer:
         reason = "connection closed"
         try:
             reason = self._converse(client)
+        except WrongProtocol as exc:
+            log.info("%r: %s", client, exc)
+            reason = str(exc)
+        except ssl.SSLError as exc:
+            log.info("%r: TLS failed: %s", client, exc.reason or exc)
+            reason = "TLS failed"
         except OSError as exc:
             reason = f"connection lost: {exc.strerror or exc}"
         except Exception:
             log.exception("error serving %r", client)
             reason = "server error"
         finally:
-            self._finish(client, client.drop_reason or reason)
+            member = client.successor or client  # after a resume, the panda it resumed
+            self._finish(member, member.drop_reason or reason)
 
     def _converse(self, client: Client) -> str:
+        if client.tls is not None:
+            try:
+                client.tls_handshake(TLS_HANDSHAKE_TIMEOUT_S)
+            except TimeoutError:
+                log.info("%r: no TLS handshake within %g s", client, TLS_HANDSHAKE_TIMEOUT_S)
+                return "TLS handshake timed out"
         client.send(self._banner + self._prompt)
         named = self._ask_name(client)
         if isinstance(named, str):
             return named
-        self._welcome(client)
-        return self._chat(client, named)
+        member, lines = named
+        if member is client:
+            self._welcome(client)
+        return self._chat(member, lines)
 
-    def _ask_name(self, client: Client) -> str | list[str | object]:
-        """Prompt until a good name; the lines after it, or why the client left."""
+    def _ask_name(self, client: Client) -> str | tuple[Client, list[str | object]]:
+        """Prompt until a good name or a resume; then the panda to chat as and
+        the lines after the name, else why the client left."""
         deadline = time.monotonic() + self.name_timeout
         while True:
             try:
@@ -618,21 +842,30 @@ class ChatServer:
                 name = line.strip()
                 if not name:
                     continue
-                if name.lower() == "@leaves":
+                word, _, arg = name.partition(" ")
+                if word.lower() == "@leaves":
                     _reply(client, "bye", "Goodbye!")
                     return "left before choosing a name"
+                if word.lower() == "@resume":
+                    member = self._resume(client, arg.strip())
+                    if member is None:
+                        continue
+                    return member, lines[index + 1:]
                 problem = name_problem(name) or self.grove.add(client, name)
                 if problem:
                     self._refuse_name(client, problem)
                     continue
-                return lines[index + 1:]
+                return client, lines[index + 1:]
 
     def _refuse_name(self, client: Client, reason: str) -> None:
         client.send(encode_line(system_line("error", reason)) + self._prompt)
 
     def _welcome(self, client: Client) -> None:
         name = client.name
-        _reply(client, "welcome", f"Welcome to the grove, {name}! Type @help for the commands.")
+        client.resume_code = secrets.token_urlsafe(RESUME_CODE_BYTES)
+        client.send(encode_line(system_line(
+            "welcome", f"Welcome to the grove, {name}! Type @help for the commands."))
+            + self._resume_line(client))
         count = self.grove.admit(client)
         log.info("join %s (%s)", name, _pandas(count))
         with self._history_lock:
@@ -640,8 +873,7 @@ class ChatServer:
         client.send(b"".join(encode_line(system_line("history", line)) for line in history))
         if count <= ANNOUNCE_LIMIT:
             client.send(self.grove_listing())
-            self.grove.broadcast(encode_line(system_line("join", f"{name} joined the grove.")),
-                                 exclude=client)
+            self._announce(count, "join", f"{name} joined the grove.", exclude=client)
         else:
             quiet = encode_line(system_line(
                 "quiet", f"Over {_pandas(ANNOUNCE_LIMIT)} are here, so joins and leaves are "
@@ -661,7 +893,7 @@ class ChatServer:
             if next_lines is None:
                 return "connection closed"
             lines = next_lines
-        return "server shutting down"
+        return SHUTTING_DOWN
 
     def _handle_lines(self, client: Client, lines: list[str | object],
                       bucket: TokenBucket | None) -> str | None:
@@ -671,7 +903,7 @@ class ChatServer:
             if isinstance(line, str) and not line.strip():
                 continue  # nothing to say is never broadcast, and costs no token
             if bucket is not None and not self._take_token(client, bucket, chat):
-                return "server shutting down"
+                return SHUTTING_DOWN
             if not isinstance(line, str):
                 _reply(client, "error", f"That line was over {MAX_LINE_BYTES} bytes, "
                                         "so it was dropped.")
@@ -721,23 +953,79 @@ class ChatServer:
             return None
         return command.run(self, client, arg.strip())
 
-    def _finish(self, client: Client, reason: str) -> None:
-        """The one way out for every connection."""
-        left = self.grove.remove(client)
+    def _resume_line(self, client: Client) -> bytes:
+        if not self.resume_window:
+            return b""
+        return encode_line(system_line(
+            "resume", f"{client.resume_code} is your resume code: if your connection drops, "
+                      f"send \"@resume {client.resume_code}\" instead of a name within "
+                      f"{self.resume_window:g} s to come back without missing a line."))
+
+    def _resume(self, client: Client, code: str) -> Client | None:
+        """Let client's connection carry on as the panda with that resume code."""
+        new_code = secrets.token_urlsafe(RESUME_CODE_BYTES)
+        member = self.grove.claim_by_code(code, new_code) if code else None
+        if member is not None and not member.away:
+            # Its old connection is still open (half-open): end it, then take over.
+            member.hang_up("resumed from another connection")
+            if member.thread is not None:
+                member.thread.join(RESUME_TAKEOVER_S)
+        if member is None or not member.away:
+            self._refuse_name(client, "That resume code is wrong or has expired; "
+                                      "choose a name to join afresh.")
+            return None
         with self._connections_lock:
             self._connections.discard(client)
-        client.close(abort=reason.startswith("could not keep up"))
-        if left is None:
+            self._connections.add(member)
+        member.adopt(client, encode_line(system_line(
+            "welcome", f"Welcome back to the grove, {member.name}! Here is what you missed."))
+            + self._resume_line(member))
+        log.info("back %s", member.name)
+        member.send(self.grove_listing())
+        self._announce(self.grove.count(), "back", f"{member.name} is back.", exclude=member)
+        return member
+
+    def _announce(self, count: int, kind: str, text: str, exclude: Client | None = None) -> None:
+        """Tell everybody of a join, leave, loss or return while the grove is small."""
+        if count <= ANNOUNCE_LIMIT:
+            self.grove.broadcast(encode_line(system_line(kind, text)), exclude=exclude)
+
+    def _finish(self, client: Client, reason: str) -> None:
+        """The one way out for every connection."""
+        with self._connections_lock:
+            self._connections.discard(client)
+        client.close(abort=reason == SLOW_READER)
+        if not client.name or self.grove.find(client.name) is not client:
             log.debug("%r went away: %s", client, reason)
             return
-        if reason.startswith("could not keep up"):
+        if reason == SLOW_READER:
             log.warning("drop %s: %s", client.name, reason)
+        if self.resume_window > 0 and not self._closing and reason != GOODBYE:
+            self._keep_for_resume(client, reason)
+            return
+        self._leave(self.grove.remove(client), client, reason)
+
+    def _keep_for_resume(self, client: Client, reason: str) -> None:
+        client.go_away()
+        log.info("lost %s (%s); name kept %g s", client.name, reason, self.resume_window)
+        self._announce(self.grove.count(), "lost", f"{client.name} lost connection ({reason}).",
+                       exclude=client)
+        code, since = client.resume_code, client.away_since
+
+        def expire() -> None:
+            self._leave(self.grove.remove_if_away(client, code, since), client,
+                        "did not come back")
+
+        self._scheduler.call_at(since + self.resume_window, expire)
+
+    def _leave(self, left: int | None, client: Client, reason: str) -> None:
+        if left is None:
+            return
         log.info("leave %s (%s)", client.name, reason)
         if self._closing:
             return
         if left < ANNOUNCE_LIMIT:
-            self.grove.broadcast(encode_line(system_line(
-                "leave", f"{client.name} left the grove ({reason}).")))
+            self._announce(left, "leave", f"{client.name} left the grove ({reason}).")
         elif left == ANNOUNCE_LIMIT:
             self.grove.broadcast(self.grove_listing())  # small enough to announce again
 
@@ -773,12 +1061,13 @@ class ChatServer:
             client.send(goodbye)
         self._flusher.idle.wait(SHUTDOWN_FLUSH_S)
         for client in clients:
-            client.hang_up("server shutting down")
+            client.hang_up(SHUTTING_DOWN)
         deadline = time.monotonic() + SHUTDOWN_JOIN_S
         for client in clients:
             if client.thread is not None:
                 client.thread.join(max(0.0, deadline - time.monotonic()))
         self._flusher.stop()
+        self._scheduler.stop()
         self._wake_r.close()
         self._wake_w.close()
 
@@ -798,6 +1087,19 @@ def raise_descriptor_limit() -> int:
         except (ValueError, OSError):
             return soft
     return hard
+
+
+def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """A server TLS context (TLS 1.2 at least, the ssl module's modern defaults),
+    or None when no certificate was given."""
+    if not cert and not key:
+        return None
+    if not (cert and key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -826,6 +1128,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--burst", type=int, default=DEFAULT_BURST, metavar="B",
                         help="lines a client may send at once before --rate-limit applies "
                              "(default %(default)s)")
+    parser.add_argument("--resume-window", type=float, default=DEFAULT_RESUME_WINDOW_S,
+                        metavar="S", help="seconds a panda whose connection dropped keeps its "
+                                          "name and missed lines; 0 turns resume off "
+                                          "(default %(default)g)")
+    parser.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate "
+                                                         "(chain) file; needs --tls-key")
+    parser.add_argument("--tls-key", metavar="PEM", help="the private key for --tls-cert")
     parser.add_argument("--log-level", default="INFO", type=str.upper,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="how much to log (default %(default)s)")
@@ -838,17 +1147,23 @@ def main(argv: list[str] | None = None) -> int:
     threading.stack_size(THREAD_STACK_BYTES)
     fd_limit = raise_descriptor_limit()
     try:
+        tls = tls_context(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        print(f"server3.py: cannot use the TLS certificate and key: {exc}", file=sys.stderr)
+        return 1
+    try:
         server = ChatServer(args.host, args.port, max_clients=args.max_clients,
                             name_timeout=args.name_timeout, history=args.history,
-                            rate_limit=args.rate_limit, burst=args.burst)
+                            rate_limit=args.rate_limit, burst=args.burst,
+                            resume_window=args.resume_window, tls=tls)
     except OSError as exc:
         why = "is already in use" if exc.errno == 98 else f"cannot be used: {exc.strerror or exc}"
         print(f"server3.py: port {args.port} on {args.host} {why}.", file=sys.stderr)
         return 1
     host, port = server.address
     shown = f"[{host}]" if ":" in host else host
-    log.info("Panda Chat listening on %s:%d; up to %s (file-descriptor limit %d)",
-             shown, port, _pandas(server.max_clients), fd_limit)
+    log.info("Panda Chat listening on %s:%d%s; up to %s (file-descriptor limit %d)",
+             shown, port, " with TLS" if tls else "", _pandas(server.max_clients), fd_limit)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         server.shutdown()
