@@ -676,9 +676,11 @@ class ChatServer:
 
     Settings are the keyword arguments: max_clients, name_timeout (seconds),
     history (chat lines replayed to newcomers, 0 for none), rate_limit and
-    burst (flood control; a rate_limit of 0, the default here, turns it off:
-    the command line turns it on), resume_window (seconds a dropped panda
-    may come back in; 0 for never) and tls (an ssl.SSLContext to serve TLS).
+    burst (flood control; a rate_limit of 0 turns it off), resume_window
+    (seconds a dropped panda may come back in; 0 for never) and tls (an
+    ssl.SSLContext to serve TLS). Policies that change what others see are
+    off by default here, so that a program embedding the server opts in;
+    the command line (main) turns flood control and resume on.
     address is the (host, port) actually bound; port 0 picks a free port.
     """
 
@@ -687,7 +689,7 @@ class ChatServer:
                  name_timeout: float = DEFAULT_NAME_TIMEOUT_S,
                  history: int = DEFAULT_HISTORY,
                  rate_limit: float = 0.0, burst: int = DEFAULT_BURST,
-                 resume_window: float = DEFAULT_RESUME_WINDOW_S,
+                 resume_window: float = 0.0,
                  tls: ssl.SSLContext | None = None) -> None:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         self._listener = socket.create_server((host, port), family=family,
