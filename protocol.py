@@ -190,6 +190,7 @@ class TlsSession:
         session = TlsSession(context, server_side=True)
         session.handshake()       -> True once done (False: needs more bytes)
         session.feed(raw)         -> plaintext that raw completed; None at close
+                                     (receive(raw) then read(), which can be split)
         session.encrypt(text)     -> bytes to send
         session.outgoing()        -> bytes TLS itself wants sent (handshake, ...)
     """
@@ -211,10 +212,18 @@ class TlsSession:
 
     def feed(self, raw: bytes) -> bytes | None:
         """Decrypt raw bytes from the peer (b"" for EOF); None once TLS has closed."""
+        self.receive(raw)
+        return self.read()
+
+    def receive(self, raw: bytes) -> None:
+        """Take raw bytes from the peer (b"" for EOF) without decrypting yet."""
         if raw:
             self._incoming.write(raw)
         else:
             self._incoming.write_eof()
+
+    def read(self) -> bytes | None:
+        """The plaintext that the bytes received so far complete; None once closed."""
         chunks: list[bytes] = []
         while True:
             try:

@@ -194,6 +194,7 @@ class Client:
         self.successor: Client | None = None  # the panda this connection resumed
         self._framer = LineBuffer()
         self._heard = False  # whether anything was read yet
+        self._early_lines: list[str | object] = []  # read during the TLS handshake
         self._flusher = flusher
         self._lock = threading.Lock()  # guards the socket's writes, the backlogs, the states
         self._backlog: deque[bytes] = deque()
@@ -214,6 +215,9 @@ class Client:
 
     def read_lines(self, timeout: float | None = None) -> list[str | object] | None:
         """The lines one recv() brings; None at EOF; TimeoutError after timeout."""
+        if self._early_lines:
+            early, self._early_lines = self._early_lines, []
+            return early
         if timeout is not None and not _wait_readable(self.sock, timeout):
             raise TimeoutError
         raw = self.sock.recv(RECV_BYTES)
@@ -243,7 +247,10 @@ class Client:
             with self._lock:
                 done = self.tls.handshake()
                 self._queue_locked(self.tls.outgoing())
+                early = self.tls.read() if done else b""
             if done:
+                # The client's first lines may have come with its last handshake bytes.
+                self._early_lines = list(self._framer.feed(early or b""))
                 return
             if not _wait_readable(self.sock, deadline - time.monotonic()):
                 raise TimeoutError
@@ -255,7 +262,7 @@ class Client:
             if not raw:
                 raise ConnectionResetError(0, "closed during the TLS handshake")
             with self._lock:
-                self.tls.feed(raw)
+                self.tls.receive(raw)
 
     def send_plain(self, data: bytes) -> None:
         """Send bytes around TLS: only to tell a plain client it came to a TLS port."""
