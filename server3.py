@@ -106,8 +106,8 @@ DEFAULT_BURST = 50
 LISTING_LINE_CHARS = 400
 # On shutdown: how long the goodbye lines may take to flush, and how long the
 # connection threads get to finish, so that the whole stop takes under 2 s.
-SHUTDOWN_FLUSH_S = 0.5
-SHUTDOWN_JOIN_S = 1.0
+SHUTDOWN_FLUSH_S = 1.2
+SHUTDOWN_JOIN_S = 0.5
 
 # How long a panda whose connection dropped keeps its name and its missed
 # lines (--resume-window): long enough for Wi-Fi to come back.
@@ -284,6 +284,19 @@ class Client:
             started_backlog = self._queue_locked(data)
         if started_backlog:
             self._flusher.watch(self)
+
+    def send_last(self, data: bytes) -> None:
+        """Send data as the last thing this connection gets, ahead of queued
+        lines (the server is stopping, they would be lost anyway); only the
+        line being sent is finished first, so that no line arrives cut."""
+        with self._lock:
+            if self._backlog and self.tls is None:
+                in_flight = self._backlog[0]
+                in_flight = in_flight[:in_flight.find(b"\n") + 1]
+                self._backlog.clear()
+                self._backlog.append(in_flight)
+                self._backlog_bytes = len(in_flight)
+        self.send(data)
 
     def _queue_locked(self, data: bytes) -> bool:
         """Send what the socket takes now and keep the rest; True when that
@@ -539,7 +552,10 @@ class Grove:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._members: dict[str, Client] = {}
-        self._listeners: tuple[Client, ...] = ()  # rebuilt on change, read lock-free
+        self._listeners: dict[Client, None] = {}  # an ordered set
+        # What broadcast() walks: a copy of _listeners, made again only when a
+        # broadcast finds it out of date, so that a change costs O(1).
+        self._snapshot: tuple[Client, ...] | None = ()
 
     def add(self, client: Client, name: str) -> str | None:
         """Give client the name; the reason why not when it is taken."""
@@ -554,7 +570,8 @@ class Grove:
     def admit(self, client: Client) -> int:
         """Let client hear broadcasts; the number of pandas now here."""
         with self._lock:
-            self._listeners = (*self._listeners, client)
+            self._listeners[client] = None
+            self._snapshot = None
             return len(self._members)
 
     def remove(self, client: Client) -> int | None:
@@ -563,7 +580,8 @@ class Grove:
             if self._members.get(name_key(client.name)) is not client:
                 return None
             del self._members[name_key(client.name)]
-            self._listeners = tuple(c for c in self._listeners if c is not client)
+            self._listeners.pop(client, None)
+            self._snapshot = None
             return len(self._members)
 
     def names(self) -> list[str]:
@@ -598,7 +616,11 @@ class Grove:
             return self._members.get(name_key(name))
 
     def broadcast(self, data: bytes, exclude: Client | None = None) -> None:
-        for client in self._listeners:
+        listeners = self._snapshot
+        if listeners is None:
+            with self._lock:
+                listeners = self._snapshot = tuple(self._listeners)
+        for client in listeners:
             if client is not exclude:
                 client.send(data)
 
@@ -712,7 +734,9 @@ class ChatServer:
         self.burst = burst
         self._history: deque[str] = deque(maxlen=history)
         self._history_lock = threading.Lock()
-        self._stopping = threading.Event()  # wakes readers held back by flood control
+        # Set once everybody was told of the shutdown: readers stop, and those
+        # held back by flood control wake up.
+        self._stopping = threading.Event()
         self.grove = Grove()
         self._flusher = Flusher()
         self._connections: set[Client] = set()
@@ -894,7 +918,7 @@ class ChatServer:
     def _chat(self, client: Client, lines: list[str | object]) -> str:
         """Relay chat and run commands until the client leaves; why it left."""
         bucket = TokenBucket(self.rate_limit, self.burst) if self.rate_limit > 0 else None
-        while not self._closing:
+        while not self._stopping.is_set():
             reason = self._handle_lines(client, lines, bucket)
             if reason:
                 return reason
@@ -1041,15 +1065,15 @@ class ChatServer:
     def grove_listing(self) -> bytes:
         """The grove line (and its more lines) for everybody here."""
         names = self.grove.names()
-        lines = [f"{_pandas(len(names))} here:"]
-        kind = "grove"
+        kind, words, width = "grove", [f"{_pandas(len(names))} here:"], 0
         out: list[bytes] = []
         for name in names:
-            if len(lines[-1]) + len(name) > LISTING_LINE_CHARS:
-                out.append(encode_line(system_line(kind, " ".join(lines))))
-                lines, kind = [], "more"
-            lines.append(name)
-        out.append(encode_line(system_line(kind, " ".join(lines))))
+            if width + len(name) > LISTING_LINE_CHARS:
+                out.append(encode_line(system_line(kind, " ".join(words))))
+                kind, words, width = "more", [], 0
+            words.append(name)
+            width += len(name) + 1
+        out.append(encode_line(system_line(kind, " ".join(words))))
         return b"".join(out)
 
     # --- stopping -------------------------------------------------------------
@@ -1059,7 +1083,6 @@ class ChatServer:
         if self._closing:
             return
         self._closing = True
-        self._stopping.set()
         self.shutdown()
         with self._serving:  # wait for serve_forever() to return
             self._listener.close()
@@ -1067,7 +1090,8 @@ class ChatServer:
             clients = list(self._connections)
         goodbye = encode_line(system_line("shutdown", "The server is shutting down. Goodbye!"))
         for client in clients:
-            client.send(goodbye)
+            client.send_last(goodbye)
+        self._stopping.set()  # readers stop only now, so that each got its goodbye
         self._flusher.idle.wait(SHUTDOWN_FLUSH_S)
         for client in clients:
             client.hang_up(SHUTTING_DOWN)
