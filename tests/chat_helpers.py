@@ -12,24 +12,29 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
 import struct
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import trustme
+
 from protocol import LINE_TOO_LONG, LineBuffer, encode_line
-from server3 import ChatServer
+from server3 import ChatServer, tls_context
 
 WAIT_S = 5.0  # long enough for a loaded CI machine, short enough to fail fast
 
 
 @contextmanager
-def running_server(**options: Any) -> Iterator[ChatServer]:
-    """A real ChatServer on 127.0.0.1, a free port, serving in a thread."""
-    server = ChatServer("127.0.0.1", 0, **options)
+def running_server(port: int = 0, **options: Any) -> Iterator[ChatServer]:
+    """A real ChatServer on 127.0.0.1 (port 0: a free one), serving in a thread."""
+    server = ChatServer("127.0.0.1", port, **options)
     thread = threading.Thread(target=server.serve_forever, name="test-server", daemon=True)
     thread.start()
     try:
@@ -133,3 +138,47 @@ class LineClient:
         """Close with a TCP reset (RST) instead of a FIN."""
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.sock.close()
+
+
+def sync(client: LineClient) -> list[str]:
+    """Every line client gets before the answer to a fresh @bamboo (consumed too);
+    once it returns, the server has acted on everything client sent before."""
+    client.send("@bamboo")
+    return client.lines_until(r"^\* fact: ")[:-1]
+
+
+def pandas(server: ChatServer, *names: str) -> list[LineClient]:
+    """Clients joined under names, with every join notice delivered and read."""
+    clients = [LineClient(server.address, name) for name in names]
+    for _ in range(2):  # the second round collects the joins of later clients
+        for client in clients:
+            sync(client)
+    return clients
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """A test CA's certificate, and a server certificate and key from it for 127.0.0.1."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def make(cls, folder: Path) -> Certificates:
+        ca = trustme.CA()
+        issued = ca.issue_cert("127.0.0.1", "localhost")
+        made = cls(folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
+        ca.cert_pem.write_to_path(str(made.ca))
+        for blob in issued.cert_chain_pems:
+            blob.write_to_path(str(made.cert), append=True)
+        issued.private_key_pem.write_to_path(str(made.key))
+        return made
+
+    def server_context(self) -> ssl.SSLContext:
+        context = tls_context(str(self.cert), str(self.key))
+        assert context is not None
+        return context
+
+    def client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
