@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""Make docs/screenshot.png: the real client3.py window in a real chat.
+
+Run:   python3 docs/make_screenshot.py [--out docs/screenshot.png]
+Needs: Xvfb (Debian: apt install xvfb) and ImageMagick's `import` (apt install imagemagick).
+       Without Xvfb it uses $DISPLAY, if there is one.
+
+It starts a Panda Chat server on a free port of 127.0.0.1, two panda bots on plain sockets, and
+the client's window joining as a third panda on its own Xvfb screen; the three talk, one asks for
+a @bamboo fact, a fourth joins, and the window is captured. Everything stops when it is done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tkinter as tk
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from client3 import ChatWindow, Connection, open_chat  # noqa: E402
+from protocol import LineBuffer, encode_line  # noqa: E402
+from server3 import ChatServer  # noqa: E402
+
+WAIT_S = 10.0  # every step waits at most this long
+SCREEN = "1280x800x24"
+
+
+@contextmanager
+def xvfb_display() -> Iterator[str]:
+    """A fresh Xvfb screen (the display number chosen by Xvfb itself), or $DISPLAY."""
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        display = os.environ.get("DISPLAY")
+        if not display:
+            sys.exit("make_screenshot.py: needs Xvfb (apt install xvfb) or a $DISPLAY")
+        yield display
+        return
+    read_fd, write_fd = os.pipe()
+    server = subprocess.Popen([xvfb, "-displayfd", str(write_fd), "-screen", "0", SCREEN,
+                               "-nolisten", "tcp"], pass_fds=(write_fd,),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write_fd)
+    try:
+        # Up to the newline: Xvfb writes it apart, and dies if the pipe is closed by then.
+        data = b""
+        deadline = time.monotonic() + WAIT_S
+        while not data.endswith(b"\n"):
+            ready, _, _ = select.select([read_fd], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(read_fd, 64) if ready else b""
+            if not chunk:
+                sys.exit("make_screenshot.py: Xvfb did not start")
+            data += chunk
+        yield f":{data.decode().strip()}"
+    finally:
+        os.close(read_fd)
+        server.terminate()
+        server.wait(WAIT_S)
+
+
+class Bot:
+    """A panda on a plain socket, that talks and ignores what it hears."""
+
+    def __init__(self, address: tuple[str, int], name: str) -> None:
+        self.sock = socket.create_connection(address, timeout=WAIT_S)
+        self.framer = LineBuffer()
+        self.sock.sendall(encode_line(name))
+        self.wait_for(f"* welcome: Welcome to the grove, {name}!")
+
+    def wait_for(self, start: str) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            for line in self.framer.feed(self.sock.recv(65536)):
+                if isinstance(line, str) and line.startswith(start):
+                    return
+        raise TimeoutError(f"no {start!r}")
+
+    def say(self, text: str) -> None:
+        self.sock.sendall(encode_line(text))
+
+    def leave(self) -> None:
+        self.sock.sendall(encode_line("@leaves"))
+        self.sock.close()
+
+
+def pump(root: tk.Tk, done: Callable[[], bool], what: str) -> None:
+    """Run Tk's loop until done() holds."""
+    deadline = time.monotonic() + WAIT_S
+    while not done():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the window never showed {what}")
+        root.update()
+        time.sleep(0.01)  # pacing the loop, not synchronising: done() is the condition
+
+
+def shows(window: ChatWindow, text: str) -> Callable[[], bool]:
+    return lambda: text in window.chat.get("1.0", "end")
+
+
+def make_screenshot(out: Path) -> None:
+    server = ChatServer("127.0.0.1", 0, history=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    bots: list[Bot] = []
+    root = tk.Tk(className="PandaChat")
+    connection: Connection | None = None
+    try:
+        mei = Bot(server.address, "Mei")
+        bao = Bot(server.address, "BaoBao")
+        bots += [mei, bao]
+        window, connection = open_chat(root, *server.address)
+        root.geometry("900x600+0+0")
+        pump(root, lambda: window.phase == "naming", "the name form")
+        window.name_entry.insert(0, "Lulu")
+        window.submit_name()
+        pump(root, lambda: window.phase == "chatting", "the welcome")
+
+        mei.say("Hi Lulu! Welcome to the grove.")
+        pump(root, shows(window, "Welcome to the grove."), "Mei's greeting")
+        for text in ("Hello Mei, hello BaoBao!", "Is there any bamboo left?"):
+            window.entry.insert(0, text)
+            window.on_send()
+        bao.say("Only the crunchy shoots. I ate the rest this morning :)")
+        pump(root, shows(window, "crunchy shoots"), "Bao's line")
+        window.send_command("@bamboo")
+        pump(root, shows(window, "Bamboo fact:"), "the fact")
+        mei.say("Ha! That explains a lot about Bao.")
+        pump(root, shows(window, "explains a lot"), "Mei's reply")
+        xiang = Bot(server.address, "Xiang")
+        bots.append(xiang)
+        pump(root, shows(window, "Xiang joined"), "Xiang's join")
+        window.entry.insert(0, "Xiang! Come and have some bamboo")
+        window.entry.focus_force()
+        pump(root, lambda: root.focus_get() is window.entry, "the focused entry")
+        root.update()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            shot = Path(tmp) / "shot.png"
+            subprocess.run(["import", "-window", root.wm_frame(), str(shot)], check=True,
+                           timeout=WAIT_S)
+            shutil.copyfile(shot, out)
+        window.close()
+    finally:
+        for bot in bots:
+            bot.leave()
+        if connection is not None:
+            connection.close()
+        root.destroy()
+        server.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshot.png")
+    args = parser.parse_args()
+    if shutil.which("import") is None:
+        sys.exit("make_screenshot.py: needs ImageMagick's import (apt install imagemagick)")
+    with xvfb_display() as display:
+        os.environ["DISPLAY"] = display
+        make_screenshot(args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
