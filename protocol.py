@@ -30,6 +30,12 @@ ENCODING: Final = "utf-8"
 # in its line buffer.
 MAX_LINE_BYTES: Final = 4096
 
+# The longest line a server sends: a name, ": " and a chat line whose escaping
+# (ESC becomes the 4 characters \x1b, a bad byte the 3 bytes of U+FFFD) made it
+# up to 4 times longer, plus a prefix such as "* history: [12:00] ". Clients
+# frame what they receive with this limit.
+MAX_SERVER_LINE_BYTES: Final = 4 * MAX_LINE_BYTES + 256
+
 # Names are short so that they fit a user list and a chat line prefix.
 MAX_NAME_CHARS: Final = 20
 

@@ -116,6 +116,9 @@ DEFAULT_RESUME_WINDOW_S = 120.0
 RESUME_CODE_BYTES = 16
 # How long a new connection has to finish its TLS handshake.
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
+# A TLS client sends its hello at once; a connection to the TLS port that says
+# nothing for this long is a person with nc waiting for a prompt, and is told.
+TLS_SILENCE_S = 3.0
 # How long a resume waits for the half-open connection it replaces to end.
 RESUME_TAKEOVER_S = 2.0
 
@@ -200,6 +203,7 @@ class Client:
         self._backlog: deque[bytes] = deque()
         self._backlog_bytes = 0
         self._closed = False
+        self._ready = tls is None  # whether lines can be sent: after any TLS handshake
         self._missed: deque[bytes] | None = None  # not None while away
         self._missed_bytes = 0
         self.away_since = 0.0
@@ -218,8 +222,8 @@ class Client:
         if self._early_lines:
             early, self._early_lines = self._early_lines, []
             return early
-        if timeout is not None and not _wait_readable(self.sock, timeout):
-            raise TimeoutError
+        if timeout is not None and (timeout <= 0 or not _wait_readable(self.sock, timeout)):
+            raise TimeoutError  # a deadline that passed stays passed, even if data comes
         raw = self.sock.recv(RECV_BYTES)
         if self.tls is not None:
             data = self._decrypt(raw)
@@ -248,10 +252,17 @@ class Client:
                 done = self.tls.handshake()
                 self._queue_locked(self.tls.outgoing())
                 early = self.tls.read() if done else b""
+                self._ready = done
             if done:
                 # The client's first lines may have come with its last handshake bytes.
                 self._early_lines = list(self._framer.feed(early or b""))
                 return
+            wait = deadline - time.monotonic()
+            if first and not _wait_readable(self.sock, min(wait, TLS_SILENCE_S)):
+                if wait > TLS_SILENCE_S:  # a TLS client speaks first: this one is a person
+                    self.send_plain(encode_line(system_line("error", PLAIN_ON_TLS_PORT)))
+                    raise WrongProtocol("a plain-text client came to the TLS port")
+                raise TimeoutError
             if not _wait_readable(self.sock, deadline - time.monotonic()):
                 raise TimeoutError
             raw = self.sock.recv(RECV_BYTES)
@@ -277,7 +288,7 @@ class Client:
             if self._missed is not None:
                 self._keep_missed_locked(data)
                 return
-            if self._closed:
+            if self._closed or not self._ready:
                 return
             if self.tls is not None:
                 data = self.tls.encrypt(data)
@@ -361,7 +372,7 @@ class Client:
             self._missed = None
             self.sock, self.fileno, self.address = new.sock, new.fileno, new.address
             self.tls, self._framer, self.thread = new.tls, new._framer, new.thread
-            self._closed, self.drop_reason = False, ""
+            self._closed, self._ready, self.drop_reason = False, True, ""
             self._backlog, new._backlog = new._backlog, deque()
             self._backlog_bytes, new._backlog_bytes = new._backlog_bytes, 0
             new._closed = True  # the connection is this client's now
@@ -615,12 +626,18 @@ class Grove:
         with self._lock:
             return self._members.get(name_key(name))
 
-    def broadcast(self, data: bytes, exclude: Client | None = None) -> None:
+    def listeners(self) -> tuple[Client, ...]:
+        """Everybody who hears broadcasts now."""
         listeners = self._snapshot
         if listeners is None:
             with self._lock:
                 listeners = self._snapshot = tuple(self._listeners)
-        for client in listeners:
+        return listeners
+
+    def broadcast(self, data: bytes, exclude: Client | None = None,
+                  listeners: tuple[Client, ...] | None = None) -> None:
+        """Send data to everybody (or to listeners, taken earlier) but exclude."""
+        for client in self.listeners() if listeners is None else listeners:
             if client is not exclude:
                 client.send(data)
 
@@ -837,7 +854,9 @@ class ChatServer:
             reason = "server error"
         finally:
             member = client.successor or client  # after a resume, the panda it resumed
-            self._finish(member, member.drop_reason or reason)
+            # Why the server hung up explains the end, unless the panda said goodbye
+            # (and closed before its goodbye art had been sent).
+            self._finish(member, reason if reason == GOODBYE else member.drop_reason or reason)
 
     def _converse(self, client: Client) -> str:
         if client.tls is not None:
@@ -899,11 +918,11 @@ class ChatServer:
         client.send(encode_line(system_line(
             "welcome", f"Welcome to the grove, {name}! Type @help for the commands."))
             + self._resume_line(client))
-        count = self.grove.admit(client)
+        with self._history_lock:  # see _relay; sending is non-blocking
+            count = self.grove.admit(client)
+            client.send(b"".join(encode_line(system_line("history", line))
+                                 for line in self._history))
         log.info("join %s (%s)", name, _pandas(count))
-        with self._history_lock:
-            history = list(self._history)
-        client.send(b"".join(encode_line(system_line("history", line)) for line in history))
         if count <= ANNOUNCE_LIMIT:
             client.send(self.grove_listing())
             self._announce(count, "join", f"{name} joined the grove.", exclude=client)
@@ -954,11 +973,11 @@ class ChatServer:
     def _relay(self, client: Client, chat: list[str]) -> None:
         if not chat:
             return
-        self.grove.broadcast(b"".join(encode_line(line) for line in chat), exclude=client)
-        if self._history.maxlen:
-            stamp = time.strftime("%H:%M")
-            with self._history_lock:
-                self._history.extend(f"[{stamp}] {line}" for line in chat)
+        stamp = time.strftime("%H:%M")
+        with self._history_lock:  # a line is either in a newcomer's history or live
+            self._history.extend(f"[{stamp}] {line}" for line in chat)
+            listeners = self.grove.listeners()
+        self.grove.broadcast(b"".join(encode_line(line) for line in chat), client, listeners)
 
     def _take_token(self, client: Client, bucket: TokenBucket, chat: list[str]) -> bool:
         """Hold this reader back until the flood control allows one more line.
@@ -1193,16 +1212,16 @@ def main(argv: list[str] | None = None) -> int:
         why = "is already in use" if exc.errno == 98 else f"cannot be used: {exc.strerror or exc}"
         print(f"server3.py: port {args.port} on {args.host} {why}.", file=sys.stderr)
         return 1
-    host, port = server.address
-    shown = f"[{host}]" if ":" in host else host
-    log.info("Panda Chat listening on %s:%d%s; up to %s (file-descriptor limit %d)",
-             shown, port, " with TLS" if tls else "", _pandas(server.max_clients), fd_limit)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         server.shutdown()
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    host, port = server.address
+    shown = f"[{host}]" if ":" in host else host
+    log.info("Panda Chat listening on %s:%d%s; up to %s (file-descriptor limit %d)",
+             shown, port, " with TLS" if tls else "", _pandas(server.max_clients), fd_limit)
     with server:
         server.serve_forever()
     print("Panda Chat server stopped. Goodbye from the grove!", file=sys.stderr)
