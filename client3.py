@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Panda Chat's desktop client: a Tk window to chat with everybody on a Panda Chat server.
 
-Run:   python3 client3.py [--host 127.0.0.1] [--port 12345] [--name NAME]
+Run:   python3 client3.py [--host 127.0.0.1] [--port 12345] [--name NAME] [--quiet]
+                                           --quiet: no bell when somebody mentions your name
        python3 client3.py --no-gui [...]   a plain line client for terminals and scripts:
                                            stdin lines go to the server, server lines to stdout
 Stop:  close the window (it says goodbye with @leaves first), or Ctrl+C in its terminal.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import math
 import os
 import queue
 import re
@@ -30,7 +32,7 @@ import time
 import tkinter as tk
 import unicodedata
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from tkinter import font as tkfont
 from tkinter import ttk
@@ -75,6 +77,11 @@ BACKLOG_POLL_MS: Final = 1
 MAX_SCROLLBACK_LINES: Final = 2000
 # Sent lines that Up and Down walk through: far more than anyone walks back, and a few KiB at most.
 HISTORY_LIMIT: Final = 200
+# After a lost connection the window tries again by itself, waiting this long before each attempt:
+# 1 s gets over a Wi-Fi blip at once; doubling spares a server that is restarting; the last wait
+# repeats until it works or the person presses Cancel, so a server back after minutes is found
+# within 15 s, at the cost of one failed connect every 15 s meanwhile.
+RETRY_DELAYS_S: Final = (1.0, 2.0, 4.0, 8.0, 15.0)
 
 # What Tab completes after "@": the server's commands (@help lists them).
 COMMANDS: Final = ("@bamboo", "@grove", "@help", "@leaves", "@whisper")
@@ -98,6 +105,7 @@ FACT_FG: Final = "#14532d"
 FACT_BG: Final = "#f0fdf4"
 HELP_FG: Final = "#1e3a8a"
 WHISPER_FG: Final = "#6d28d9"
+MENTION_BG: Final = "#fff1b8"   # a line that names you: a marker-pen yellow
 OFFLINE_BG: Final = "#fdecea"
 STATUS_DOTS: Final = {"connecting": "#d97706", "naming": "#d97706",
                       "chatting": "#16a34a", "offline": "#dc2626"}
@@ -138,6 +146,12 @@ def _name_tag(name: str) -> str:
 
 # A line said before one joined, as the server replays it: "[12:03] Bob: hi".
 _HISTORY_LINE: Final = re.compile(r"^\[(\d{1,2}:\d{2})\] (.*)$")
+
+
+def mention_pattern(name: str) -> re.Pattern[str]:
+    """What finds name in a line: as a whole word, in any case. "bob!" and "@Bob" name Bob;
+    "Bobby" and "bob_x" do not (a letter, digit or _ next to it makes it another word)."""
+    return re.compile(rf"(?<!\w){re.escape(name)}(?!\w)", re.IGNORECASE)
 
 
 def first_word(text: str) -> str:
@@ -364,15 +378,22 @@ class ChatWindow:
       inbox         the queue the Connection's receiver thread fills; poll() drains it
       send(text)    writes a line to the server; returns False when it could not
       connect()     (re)opens the connection; what happens next arrives in inbox
-      disconnect()  closes the connection (after @leaves, when closing)
+      disconnect()  closes the connection (after @leaves, when closing, on Cancel)
       address       (host, port), for the status bar
       name          join with this name at once instead of asking for one
       secure        the connection uses TLS (shown in the header)
+      bell          ring root.bell() for each mention while the window has no focus
+                    (False: --quiet; the title still counts them)
+      retry_delays  the waits before each automatic reconnection, the last one repeating
+                    (RETRY_DELAYS_S; empty: never by itself)
     Tests drive the methods directly: poll(), submit_name(), on_send(), send_command(),
-    history_up(), history_down(), complete(), show_line(), note(), set_users(), reconnect(),
-    close(). Tk's main loop calls them in the real thing.
+    history_up(), history_down(), complete(), show_line(), note(), set_users(), whisper_to(),
+    reconnect(), cancel_retry(), close(). Tk's main loop calls them in the real thing.
+    has_focus() says whether the person is looking; a test may override it.
 
     phase is "connecting", "naming" (connected, no name accepted yet), "chatting" or "offline".
+    A connection lost while chatting (not after @leaves) is tried again by itself, resuming
+    with the server's resume code when there is one; retry_attempt counts the attempts.
     """
 
     def __init__(self, root: tk.Tk, inbox: queue.Queue[InboxItem],
@@ -380,7 +401,8 @@ class ChatWindow:
                  connect: Callable[[], None] = _nothing,
                  disconnect: Callable[[], None] = _nothing,
                  address: tuple[str, int] = (DEFAULT_HOST, DEFAULT_PORT),
-                 name: str | None = None, secure: bool = False) -> None:
+                 name: str | None = None, secure: bool = False, bell: bool = True,
+                 retry_delays: Sequence[float] = RETRY_DELAYS_S) -> None:
         self.root = root
         self.inbox = inbox
         self.send = send
@@ -388,6 +410,8 @@ class ChatWindow:
         self.disconnect = disconnect
         self.address = f"{address[0]}:{address[1]}"
         self.secure = secure  # TLS: shown in the header
+        self.bell = bell
+        self.retry_delays = tuple(retry_delays)
         self.phase: Phase = "connecting"
         self.name: str | None = None          # the accepted name, while chatting
         self.wanted_name = name               # the name to join with on (re)connect
@@ -410,6 +434,12 @@ class ChatWindow:
         self._last_line_tags: tuple[str, ...] = ()
         self.closed = False
         self.lines_shown = 0                  # lines received and shown, all time
+        self._mention: re.Pattern[str] | None = None  # finds our name, once we have one
+        self.unread_mentions = 0              # mentions since the window last had the focus
+        self.retry_attempt = 0                # the automatic attempt under way or next; 0: none
+        self.retry_id: str | None = None      # the countdown's after-id, while waiting
+        self._retry_at = 0.0                  # when the next attempt starts (monotonic)
+        self._listed: list[str] = []          # the user list's names, row by row
         # How responsive the loop is (the flood test reads these): the longest time between two
         # poll ticks, by the clock and in CPU time of Tk's thread (which leaves out the time the
         # machine gave to other processes).
@@ -419,6 +449,9 @@ class ChatWindow:
         self.max_tick_cpu = 0.0
         self.create_widgets()
         self.root.protocol("WM_DELETE_WINDOW", self.on_close)
+        # Every widget's events pass through its toplevel's bindings: this sees the window (or
+        # anything in it) get the focus.
+        self.root.bind("<FocusIn>", self._on_focus_in, add="+")
         self._update_view()
         if self.asking_name:
             self.name_entry.focus_set()  # the name can be typed while connecting
@@ -517,6 +550,7 @@ class ChatWindow:
                                     background=PAPER, selectbackground=OWN_BG,
                                     selectforeground=INK, takefocus=False)
         self.user_list.grid(row=0, column=0, sticky="nsew")
+        self.user_list.bind("<Double-Button-1>", self._on_user_double_click)
         self.quiet_label = tk.Label(side, text="", font=self.font_small, background=PANEL,
                                     foreground=MUTED, wraplength=180, justify="left", anchor="w")
         self.quiet_label.grid(row=2, column=0, sticky="ew", pady=(4, 0))
@@ -582,6 +616,13 @@ class ChatWindow:
         self.status = tk.Label(status, text="", font=self.font_small, background="#e3e9e0",
                                foreground=INK, anchor="w")
         self.status.pack(side="left", fill="x", expand=True)
+        # While reconnecting by itself: when the next attempt comes, and Cancel. Packed (on the
+        # right, before the status text takes the rest) only then.
+        style.configure("Status.TButton", padding=(6, 0), font=self.font_small)
+        self.retry_label = tk.Label(status, text="", font=self.font_small, background="#e3e9e0",
+                                    foreground=ALERT_FG)
+        self.cancel_button = ttk.Button(status, text="Cancel", style="Status.TButton",
+                                        command=self.cancel_retry)
 
     def _configure_tags(self) -> None:
         chat = self.chat
@@ -606,8 +647,13 @@ class ChatWindow:
         chat.tag_configure("earlier", foreground=MUTED)
         chat.tag_configure("whisper", foreground=WHISPER_FG, font=self.font_italic)
         chat.tag_configure("whisper_label", foreground=WHISPER_FG, font=self.font_small)
+        chat.tag_configure("missed_label", foreground=ALERT_FG)
         for index, colour in enumerate(NAME_COLOURS):
             chat.tag_configure(f"name{index}", foreground=colour, font=self.font_bold)
+        # Whole-line marks, set on every piece of the line (and its newline): "history" (said
+        # before we came) and "missed" (said while our connection was down) are shown muted by
+        # "earlier"; "mention" (the line names us) is highlighted, over any other background.
+        chat.tag_configure("mention", background=MENTION_BG)
 
     def _update_view(self) -> None:
         """Show and enable the parts of the window that fit the phase."""
@@ -626,7 +672,14 @@ class ChatWindow:
         self.join_button.state(["disabled"] if waiting else ["!disabled"])
         self.retry_button.configure(text="Reconnect" if self.ever_connected else "Retry")
         self.status_dot.configure(foreground=STATUS_DOTS[self.phase])
-        self.root.title(tk_safe(f"Panda Chat \u2014 {self.name}" if self.name else "Panda Chat"))
+        self._update_title()
+
+    def _update_title(self) -> None:
+        """"Panda Chat — Alice", with "(2) " before it for mentions not yet seen."""
+        title = f"Panda Chat \u2014 {self.name}" if self.name else "Panda Chat"
+        if self.unread_mentions:
+            title = f"({self.unread_mentions}) {title}"
+        self.root.title(tk_safe(title))
 
     def set_status(self, text: str) -> None:
         self.status.configure(text=tk_safe(text))
@@ -683,8 +736,11 @@ class ChatWindow:
             self.phase = "offline"
             self.pending_name = None
             why = f"Cannot reach the server at {self.address}: {event.detail}."
-            self.note(why)
-            self.offline_label.configure(text=tk_safe(why + " Press Retry to try again."))
+            if self.retry_attempt:  # trying again by itself: the status bar counts, not the chat
+                self._schedule_retry()
+            else:
+                self.note(why)
+                self.offline_label.configure(text=tk_safe(why + " Press Retry to try again."))
             self.set_status(f"Not connected: cannot reach {self.address}")
         else:
             self.on_lost(event.detail)
@@ -692,6 +748,7 @@ class ChatWindow:
 
     def on_lost(self, detail: str) -> None:
         was_chatting = self.phase == "chatting"
+        retrying = self.retry_attempt > 0  # an automatic attempt connected, then lost it
         self.phase = "offline"
         self.pending_name = None
         if self.name is not None:
@@ -704,12 +761,16 @@ class ChatWindow:
         else:
             reason = self.server_farewell or f"Connection lost: {detail}."
             why = f"Disconnected from {self.address}: {reason}"
-            if self.server_farewell is None:  # else the server's own line said it
+            if self.server_farewell is None and not retrying:  # else said already
                 self.note(why)
-            self.offline_label.configure(
-                text=tk_safe(why + (" Press Reconnect to join again as "
-                                    f"{self.wanted_name}." if was_chatting and self.wanted_name
-                                    else " Press Reconnect to try again.")))
+            if not retrying:
+                self.offline_label.configure(
+                    text=tk_safe(why + (" Press Reconnect to join again as "
+                                        f"{self.wanted_name}." if was_chatting and self.wanted_name
+                                        else " Press Reconnect to try again.")))
+            if (was_chatting or retrying) and self.wanted_name is not None:
+                # Even after a shutdown: the server may be back in a moment.
+                self._schedule_retry()
         self.set_status(why)
 
     def on_message(self, msg: Message) -> None:
@@ -755,11 +816,14 @@ class ChatWindow:
             self.resume_code = None  # nothing to come back to
             if kind == "bye":
                 self.leaving = True
-        self.show_line(msg)
+        if self.show_line(msg) and kind != "history":  # history: said before we came
+            self._mentioned()
 
     def on_welcome(self, msg: Message) -> None:
+        self._stop_retrying()
         self.resuming = False
         self.name = self.pending_name or self.wanted_name
+        self._mention = mention_pattern(self.name) if self.name else None
         self.wanted_name = self.name
         self.pending_name = None
         self.phase = "chatting"
@@ -798,6 +862,7 @@ class ChatWindow:
 
     def name_refused(self, reason: str) -> None:
         """The server said no to the name: show why, and ask again."""
+        self._stop_retrying()  # the connection is up: the person chooses a name now
         refused = self.pending_name or ""
         self.pending_name = None
         self.wanted_name = None
@@ -912,8 +977,12 @@ class ChatWindow:
 
     # --- The chat view ---
 
-    def show_line(self, msg: Message, *, own: bool = False) -> None:
-        """One line in the chat view, styled by its kind. own marks what one sent oneself."""
+    def show_line(self, msg: Message, *, own: bool = False) -> bool:
+        """One line in the chat view, styled by its kind. own marks what one sent oneself.
+
+        History lines show the server's time instead of ours, missed lines "missed" instead of
+        a time; both are muted, and tagged "history" / "missed". True when the line is a
+        mention (somebody else's chat line or whisper naming us), which is highlighted."""
         line_tags: tuple[str, ...] = ("line", "own") if own else ("line",)
         stamp = time.strftime("%H:%M ")
         pieces: list[tuple[str, tuple[str, ...]]] = [(stamp, ("time",))]
@@ -925,10 +994,15 @@ class ChatWindow:
                 pieces = [(said.group(1) + " ", ("time",))]
             msg = parse_line(said.group(2) if said else msg.text)
             kind = msg.kind
+            line_tags += ("history",)
         elif kind == "missed":  # "* missed: Bob: hi", said while our connection was down
+            pieces = [("missed ", ("time", "missed_label"))]
             msg = parse_line(msg.text)
             kind = msg.kind
+            line_tags += ("missed",)
+        mention = False
         if kind == "chat":
+            mention = not own and self._names_me(msg.sender, msg.text)
             pieces.append((msg.sender, (_name_tag(msg.sender),)))
             if own:
                 pieces.append((" (you)", ("you",)))
@@ -939,6 +1013,7 @@ class ChatWindow:
             if who.kind != "chat":
                 pieces.append((msg.text, ("whisper",)))
             elif kind == "whisper":
+                mention = self._names_me(who.sender, who.text)
                 pieces += [(who.sender, (_name_tag(who.sender),)),
                            (" whispers to you: ", ("whisper_label",)), (who.text, ("whisper",))]
             else:
@@ -958,9 +1033,18 @@ class ChatWindow:
                      "shutdown": "alert", "full": "alert", "bye": "alert",
                      "slow": "note"}.get(kind, "system")
             pieces.append(("\u2022 " + msg.text, ("system",) if earlier else (style,)))
+        if mention:
+            line_tags += ("mention",)
         self._append(pieces, line_tags)
         if not own:
             self.lines_shown += 1
+        return mention
+
+    def _names_me(self, sender: str, text: str) -> bool:
+        """text, said by sender, names us (and sender is not us)."""
+        return (self._mention is not None and self.name is not None
+                and name_key(sender) != name_key(self.name)
+                and self._mention.search(text) is not None)
 
     def note(self, text: str) -> None:
         """A line from the client itself: a fault, something not sent."""
@@ -1038,7 +1122,8 @@ class ChatWindow:
         box = self.user_list
         box.delete(0, "end")
         own = name_key(self.name) if self.name else None
-        for name in self.user_names():
+        self._listed = self.user_names()
+        for name in self._listed:
             key = name_key(name)
             mark = " (you)" if key == own else " (away)" if key in self.away else ""
             box.insert("end", tk_safe(name + mark))
@@ -1050,10 +1135,111 @@ class ChatWindow:
             text="The grove is big, so joins and leaves are no longer announced: this list is "
                  "as of the last listing. Press Who's here to refresh it." if self.quiet else "")
 
+    def whisper_to(self, name: str) -> None:
+        """Start a whisper to name: the input line becomes "@whisper NAME " and what was typed
+        (a whisper to somebody else loses its "@whisper OTHER"), ready to type on."""
+        text = self.entry.get()
+        words = text.split(" ", 2)
+        if words[0].lower() == "@whisper":
+            text = words[2] if len(words) > 2 else ""
+        self._set_entry(f"@whisper {name} {text}")
+        self.entry.focus_set()
+
+    def _on_user_double_click(self, event: tk.Event[tk.Listbox]) -> str:
+        """A double click on a name in the user list starts a whisper to that panda."""
+        row = self.user_list.index(f"@{event.x},{event.y}")  # the nearest row
+        box = self.user_list.bbox(row)
+        inside = box is not None and box[1] <= event.y < box[1] + box[3]
+        if inside and 0 <= row < len(self._listed) and self.phase == "chatting":
+            name = self._listed[row]
+            if self.name is None or name_key(name) != name_key(self.name):  # not oneself
+                self.whisper_to(name)
+        return "break"
+
+    # --- Mentions ---
+
+    def has_focus(self) -> bool:
+        """The window has the keyboard focus: the person is (probably) looking at it."""
+        focus = str(self.root.tk.call("focus"))  # "" when another application has the focus
+        return bool(focus) and str(self.root.tk.call("winfo", "toplevel", focus)) == str(
+            self.root)
+
+    def _mentioned(self) -> None:
+        """Somebody named us. Unless the window has the focus: one more in the title's count,
+        and one ring of the bell (unless bell is off)."""
+        if self.has_focus():
+            return
+        self.unread_mentions += 1
+        self._update_title()
+        if self.bell:
+            self.root.bell()
+
+    def _on_focus_in(self, event: object = None) -> None:
+        """The window got the focus: the person sees the mentions now."""
+        if self.unread_mentions:
+            self.unread_mentions = 0
+            self._update_title()
+
+    # --- Coming back by itself ---
+
+    def _schedule_retry(self) -> None:
+        """Count down to the next automatic attempt (the waits of retry_delays, the last one
+        repeating), shown with Cancel in the status bar."""
+        if not self.retry_delays or self.closed:
+            return
+        self.retry_attempt += 1
+        delay = self.retry_delays[min(self.retry_attempt, len(self.retry_delays)) - 1]
+        self._retry_at = time.monotonic() + delay
+        if not self.retry_label.winfo_manager():  # not shown yet: "... in 2 s… [Cancel]"
+            self.cancel_button.pack(side="right", before=self.status)
+            self.retry_label.pack(side="right", padx=(0, 6), before=self.status)
+        self._retry_tick()
+
+    def _retry_tick(self) -> None:
+        self.retry_id = None
+        remaining = self._retry_at - time.monotonic()
+        if remaining > 0:
+            seconds = math.ceil(remaining)
+            self.retry_label.configure(
+                text=f"Reconnecting in {seconds} s\u2026 (attempt {self.retry_attempt})")
+            # Back when the number shown changes, or the wait is over.
+            wait_ms = math.ceil((remaining - (seconds - 1)) * 1000)
+            self.retry_id = self.root.after(wait_ms, self._retry_tick)
+            return
+        self.retry_label.configure(text=f"Reconnecting\u2026 (attempt {self.retry_attempt})")
+        self._connect_again()
+
+    def _stop_retrying(self) -> None:
+        if self.retry_id is not None:
+            self.root.after_cancel(self.retry_id)
+            self.retry_id = None
+        self.retry_attempt = 0
+        self.retry_label.pack_forget()
+        self.cancel_button.pack_forget()
+
+    def cancel_retry(self) -> None:
+        """Cancel: stop reconnecting by itself, ending an attempt under way. Reconnect stays."""
+        if not self.retry_attempt:
+            return
+        under_way = self.retry_id is None and self.phase != "offline"
+        self._stop_retrying()
+        if under_way:
+            self.disconnect()  # nothing of that connection reaches inbox any more
+            self.phase = "offline"
+            self.pending_name = None
+            self.resuming = False
+            self.set_status(f"Not connected to {self.address}")
+        self.note("Stopped reconnecting. Press Reconnect to try again.")
+        self._update_view()
+
     # --- Faults and the end ---
 
     def reconnect(self) -> None:
-        """Retry / Reconnect: connect again, joining with the same name."""
+        """Retry / Reconnect: connect again now, joining with the same name."""
+        self._stop_retrying()
+        self._connect_again()
+
+    def _connect_again(self) -> None:
         if self.closed:
             return
         self.phase = "connecting"
@@ -1071,6 +1257,7 @@ class ChatWindow:
         if self.closed:
             return
         self.closed = True
+        self._stop_retrying()
         if self.poll_id is not None:
             self.root.after_cancel(self.poll_id)
             self.poll_id = None
@@ -1094,25 +1281,37 @@ def display_problem() -> str | None:
 
 
 def open_chat(root: tk.Tk, host: str, port: int, name: str | None = None,
-              tls: ssl.SSLContext | None = None) -> tuple[ChatWindow, Connection]:
+              tls: ssl.SSLContext | None = None, *, bell: bool = True,
+              retry_delays: Sequence[float] = RETRY_DELAYS_S) -> tuple[ChatWindow, Connection]:
     """A ChatWindow on root wired to a real Connection to host:port, connecting."""
     inbox: queue.Queue[InboxItem] = queue.Queue()
     connection = Connection(host, port, inbox, tls)
     window = ChatWindow(root, inbox, send=connection.send, connect=connection.open,
                         disconnect=lambda: connection.close(LINGER_S), address=(host, port),
-                        name=name, secure=tls is not None)
+                        name=name, secure=tls is not None, bell=bell, retry_delays=retry_delays)
     return window, connection
 
 
-def tls_context(cafile: str | None) -> ssl.SSLContext:
+INSECURE_WARNING: Final = (
+    "WARNING: --insecure: the server's certificate is NOT checked. The chat is encrypted, but "
+    "anybody on the network can pretend to be the server and read everything. Use --cafile "
+    "with the server's certificate instead.")
+
+
+def tls_context(cafile: str | None, insecure: bool = False) -> ssl.SSLContext:
     """For --tls: the server's certificate and host name are checked, against the system's
-    certificate authorities or cafile; TLS 1.2 at least."""
+    certificate authorities or cafile; TLS 1.2 at least. insecure (never the default) turns
+    the checks off."""
     context = ssl.create_default_context(cafile=cafile)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     return context
 
 
-def run_window(host: str, port: int, name: str | None, tls: ssl.SSLContext | None) -> int:
+def run_window(host: str, port: int, name: str | None, tls: ssl.SSLContext | None,
+               bell: bool = True) -> int:
     problem = display_problem()
     root: tk.Tk | None = None
     if problem is None:
@@ -1124,7 +1323,7 @@ def run_window(host: str, port: int, name: str | None, tls: ssl.SSLContext | Non
         print(f"client3.py: {problem}; for the terminal client run: python3 client3.py --no-gui",
               file=sys.stderr)
         return 2
-    window, _ = open_chat(root, host, port, name, tls)
+    window, _ = open_chat(root, host, port, name, tls, bell=bell)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         # Signals arrive between Python bytecodes on this (Tk's) thread; leave via the loop.
@@ -1172,7 +1371,7 @@ def run_terminal(host: str, port: int, name: str | None, tls: ssl.SSLContext | N
         connection.close(LINGER_S)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="The Panda Chat client: a window to chat in.")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"server host ({DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
@@ -1185,11 +1384,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cafile", metavar="PEM",
                         help="trust the certificate(s) in this file for --tls (implies --tls; "
                              "default: the system's certificate authorities)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--insecure", action="store_true",
+                        help="with --tls, do NOT check the server's certificate (implies "
+                             "--tls; warns loudly; only for a quick test)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no bell when somebody mentions your name (the window's title "
+                             "still counts the mentions)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     tls = None
-    if args.tls or args.cafile:
+    if args.tls or args.cafile or args.insecure:
+        if args.insecure:
+            print(INSECURE_WARNING, file=sys.stderr)
         try:
-            tls = tls_context(args.cafile)
+            tls = tls_context(args.cafile, insecure=args.insecure)
         except (OSError, ssl.SSLError) as exc:
             print(f"client3.py: cannot use --cafile {args.cafile}: {exc.strerror or exc}",
                   file=sys.stderr)
@@ -1199,7 +1410,7 @@ def main(argv: list[str] | None = None) -> int:
             if hasattr(stream, "reconfigure"):
                 stream.reconfigure(errors="replace")
         return run_terminal(args.host, args.port, args.name, tls)
-    return run_window(args.host, args.port, args.name, tls)
+    return run_window(args.host, args.port, args.name, tls, bell=not args.quiet)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Helpers the tests share: a real server in a thread, and a line client.
+"""Helpers the tests share: a real server in a thread, a line client, and a cable to cut.
 
     with running_server(name_timeout=2) as server:
         alice = LineClient(server.address, "Alice")
@@ -10,6 +10,7 @@ Every wait has a timeout; a failed expect() says which lines it saw.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import ssl
@@ -138,6 +139,72 @@ class LineClient:
         """Close with a TCP reset (RST) instead of a FIN."""
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.sock.close()
+
+
+class Cable:
+    """A TCP forwarder between a client and the server, on 127.0.0.1: cut() drops every
+    connection through it, as a Wi-Fi drop does, while the server stays up. unplug() cuts and
+    then hangs up every new connection at once (the client connects, and is dropped) until
+    plug(); accepted counts the connections made to it."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address: tuple[str, int] = self.listener.getsockname()[:2]
+        self.pairs: list[tuple[socket.socket, socket.socket]] = []
+        self.plugged = True
+        self.accepted = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                near, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            self.accepted += 1
+            try:
+                if not self.plugged:
+                    raise ConnectionRefusedError("unplugged")
+                far = socket.create_connection(self.upstream, timeout=WAIT_S)
+            except OSError:  # unplugged, or no server there: the client sees a drop
+                near.close()
+                continue
+            far.settimeout(None)
+            self.pairs.append((near, far))
+            for source, sink in ((near, far), (far, near)):
+                threading.Thread(target=self._forward, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _forward(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass  # cut
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        for near, far in self.pairs:
+            for sock in (near, far):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def unplug(self) -> None:
+        self.plugged = False
+        self.cut()
+
+    def plug(self) -> None:
+        self.plugged = True
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+        for near, far in self.pairs:
+            near.close()
+            far.close()
 
 
 def sync(client: LineClient) -> list[str]:

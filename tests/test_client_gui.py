@@ -8,7 +8,6 @@ to make the point. One test runs client3.py as its own process and types into it
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
 import re
@@ -17,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import tkinter as tk
 from collections.abc import Callable, Iterator
@@ -25,7 +23,7 @@ from pathlib import Path
 from tkinter import font as tkfont
 
 import pytest
-from chat_helpers import WAIT_S, LineClient, running_server
+from chat_helpers import WAIT_S, Cable, LineClient, running_server
 
 import client3
 from ascii_art import banner_lines
@@ -105,54 +103,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-class Cable:
-    """A TCP forwarder between the window and the server, on 127.0.0.1: cut() drops every
-    connection through it, as a Wi-Fi drop does, while the server stays up."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.address: tuple[str, int] = self.listener.getsockname()[:2]
-        self.pairs: list[tuple[socket.socket, socket.socket]] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                near, _ = self.listener.accept()
-            except OSError:
-                return  # closed
-            far = socket.create_connection(self.upstream, timeout=WAIT_S)
-            far.settimeout(None)
-            self.pairs.append((near, far))
-            for source, sink in ((near, far), (far, near)):
-                threading.Thread(target=self._forward, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _forward(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass  # cut
-        for sock in (source, sink):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        for near, far in self.pairs:
-            for sock in (near, far):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.close()
-        for near, far in self.pairs:
-            near.close()
-            far.close()
 
 
 class Windows:
