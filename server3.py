@@ -106,7 +106,7 @@ DEFAULT_BURST = 50
 LISTING_LINE_CHARS = 400
 # On shutdown: how long the goodbye lines may take to flush, and how long the
 # connection threads get to finish, so that the whole stop takes under 2 s.
-SHUTDOWN_FLUSH_S = 1.2
+SHUTDOWN_FLUSH_S = 0.8
 SHUTDOWN_JOIN_S = 0.5
 
 # How long a panda whose connection dropped keeps its name and its missed
@@ -1071,11 +1071,9 @@ class ChatServer:
         self._scheduler.call_at(since + self.resume_window, expire)
 
     def _leave(self, left: int | None, client: Client, reason: str) -> None:
-        if left is None:
+        if left is None or self._closing:  # at shutdown, close() logs one line for all
             return
         log.info("leave %s (%s)", client.name, reason)
-        if self._closing:
-            return
         if left < ANNOUNCE_LIMIT:
             self._announce(left, "leave", f"{client.name} left the grove ({reason}).")
         elif left == ANNOUNCE_LIMIT:
@@ -1118,6 +1116,8 @@ class ChatServer:
         for client in clients:
             if client.thread is not None:
                 client.thread.join(max(0.0, deadline - time.monotonic()))
+        log.info("shutdown: said goodbye to %d connection%s", len(clients),
+                 "" if len(clients) == 1 else "s")
         self._flusher.stop()
         self._scheduler.stop()
         self._wake_r.close()
