@@ -112,6 +112,11 @@ SHUTDOWN_JOIN_S = 0.5
 # How long a panda whose connection dropped keeps its name and its missed
 # lines (--resume-window): long enough for Wi-Fi to come back.
 DEFAULT_RESUME_WINDOW_S = 120.0
+# What an away panda keeps of the lines it misses (the newest): about a
+# thousand chat lines; and how many pandas may be away at once. Together they
+# bound all resume state to 64 MiB, however fast clients join and vanish.
+MISSED_LIMIT_BYTES = 64 * 1024
+MAX_AWAY = 1000
 # Resume codes: 16 random bytes (22 characters) cannot be guessed.
 RESUME_CODE_BYTES = 16
 # How long a new connection has to finish its TLS handshake.
@@ -358,11 +363,19 @@ class Client:
             self.away_since = time.monotonic()
 
     def _keep_missed_locked(self, data: bytes) -> None:
+        """Keep data as missed, dropping the oldest whole lines past the limit."""
         assert self._missed is not None
         self._missed.append(data)
         self._missed_bytes += len(data)
-        while self._missed_bytes > SEND_BACKLOG_LIMIT:  # keep the newest
-            self._missed_bytes -= len(self._missed.popleft())
+        while (excess := self._missed_bytes - MISSED_LIMIT_BYTES) > 0:
+            oldest = self._missed[0]
+            cut = len(oldest) if excess >= len(oldest) else oldest.find(b"\n", excess - 1) + 1
+            if cut in (0, len(oldest)):
+                self._missed.popleft()
+                cut = len(oldest)
+            else:
+                self._missed[0] = oldest[cut:]
+            self._missed_bytes -= cut
 
     def adopt(self, new: Client, greeting: bytes) -> None:
         """Carry on over new's connection: greeting, the missed lines marked as
@@ -563,6 +576,7 @@ class Grove:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._members: dict[str, Client] = {}
+        self._away: set[Client] = set()  # members whose connection dropped
         self._listeners: dict[Client, None] = {}  # an ordered set
         # What broadcast() walks: a copy of _listeners, made again only when a
         # broadcast finds it out of date, so that a change costs O(1).
@@ -583,7 +597,7 @@ class Grove:
         with self._lock:
             self._listeners[client] = None
             self._snapshot = None
-            return len(self._members)
+            return len(self._members) - len(self._away)
 
     def remove(self, client: Client) -> int | None:
         """Take client out; the number of pandas left, or None if it was not in."""
@@ -591,9 +605,10 @@ class Grove:
             if self._members.get(name_key(client.name)) is not client:
                 return None
             del self._members[name_key(client.name)]
+            self._away.discard(client)
             self._listeners.pop(client, None)
             self._snapshot = None
-            return len(self._members)
+            return len(self._members) - len(self._away)
 
     def names(self) -> list[str]:
         """The names of the pandas here (not those away)."""
@@ -619,8 +634,21 @@ class Grove:
         return self.remove(client)
 
     def count(self) -> int:
+        """How many pandas are here (not counting those away)."""
         with self._lock:
-            return len(self._members)
+            return len(self._members) - len(self._away)
+
+    def mark_away(self, client: Client) -> bool:
+        """Note that client's connection dropped; False when too many are away already."""
+        with self._lock:
+            if len(self._away) >= MAX_AWAY:
+                return False
+            self._away.add(client)
+            return True
+
+    def mark_back(self, client: Client) -> None:
+        with self._lock:
+            self._away.discard(client)
 
     def find(self, name: str) -> Client | None:
         with self._lock:
@@ -1032,6 +1060,7 @@ class ChatServer:
         member.adopt(client, encode_line(system_line(
             "welcome", f"Welcome back to the grove, {member.name}! Here is what you missed."))
             + self._resume_line(member))
+        self.grove.mark_back(member)
         log.info("back %s", member.name)
         member.send(self.grove_listing())
         self._announce(self.grove.count(), "back", f"{member.name} is back.", exclude=member)
@@ -1058,6 +1087,10 @@ class ChatServer:
         self._leave(self.grove.remove(client), client, reason)
 
     def _keep_for_resume(self, client: Client, reason: str) -> None:
+        if not self.grove.mark_away(client):
+            log.warning("%d pandas are away already: %s leaves at once", MAX_AWAY, client.name)
+            self._leave(self.grove.remove(client), client, reason)
+            return
         client.go_away()
         log.info("lost %s (%s); name kept %g s", client.name, reason, self.resume_window)
         self._announce(self.grove.count(), "lost", f"{client.name} lost connection ({reason}).",

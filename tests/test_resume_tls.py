@@ -232,6 +232,44 @@ def test_leaves_is_a_goodbye_with_no_resume() -> None:
         assert "Bob" in attempt.join("Bob")  # the name is free
 
 
+def test_resume_state_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The caps are constants; smaller ones make them reachable in a test.
+    monkeypatch.setattr(server3, "MAX_AWAY", 2)
+    monkeypatch.setattr(server3, "MISSED_LIMIT_BYTES", 1000)
+    with running_server(resume_window=RESUME_WINDOW_S) as server:
+        (alice,) = pandas(server, "Alice")
+        gone = [join_with_code(server, name) for name in ("Bob", "Cat", "Dan")]
+        sync(alice)
+        for client, _ in gone:
+            client.abort()
+        notices = sorted(alice.expect(r"^\* (lost|leave): (Bob|Cat|Dan) ") for _ in gone)
+        kinds = sorted(line.split(":")[0] for line in notices)
+        assert kinds == ["* leave", "* lost", "* lost"], notices  # the third is over the cap
+        away = next(code for (_, code), name in zip(gone, ("Bob", "Cat", "Dan"), strict=True)
+                    if any(line.startswith(f"* lost: {name} ") for line in notices))
+        for i in range(100):  # 100 lines of about 25 bytes: more than an away panda keeps
+            alice.send(f"line {i:03d} 0123456")
+        sync(alice)
+        back = try_resume(server, away)
+        back.expect(r"^\* welcome: Welcome back")
+        missed = back.lines_until(r"^\* grove: ")[:-1]
+        said = [line for line in missed if line.startswith("* missed: Alice: ")]
+        assert 0 < len(said) < 100 and said[-1] == "* missed: Alice: line 099 0123456", back.seen
+        assert len("".join(said)) < 2000  # bounded, and the newest kept
+
+
+def test_away_pandas_do_not_count_towards_the_quiet_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server3, "ANNOUNCE_LIMIT", 2)
+    with running_server(resume_window=RESUME_WINDOW_S) as server:
+        (alice,) = pandas(server, "Alice")
+        bob, _ = join_with_code(server, "Bob")
+        bob.abort()
+        alice.expect(r"^\* lost: Bob ")
+        carl = LineClient(server.address, "Carl")  # 2 here, Bob away: not quiet
+        assert not any(line.startswith("* quiet: ") for line in carl.lines_until(r"^\* grove: "))
+        alice.expect(r"^\* join: Carl joined")
+
+
 def test_resuming_over_a_half_open_connection_closes_the_old_one() -> None:
     with running_server(resume_window=RESUME_WINDOW_S) as server:
         old, code = join_with_code(server, "Bob")
