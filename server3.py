@@ -243,7 +243,9 @@ class Client:
         assert self.tls is not None
         with self._lock:
             data = self.tls.feed(raw)
-            self._queue_locked(self.tls.outgoing())  # e.g. a TLS 1.3 key update
+            started_backlog = self._queue_locked(self.tls.outgoing())  # e.g. a key update
+        if started_backlog:
+            self._flusher.watch(self)
         return data
 
     def tls_handshake(self, timeout: float) -> None:
@@ -255,9 +257,11 @@ class Client:
         while True:
             with self._lock:
                 done = self.tls.handshake()
-                self._queue_locked(self.tls.outgoing())
+                started_backlog = self._queue_locked(self.tls.outgoing())
                 early = self.tls.read() if done else b""
                 self._ready = done
+            if started_backlog:
+                self._flusher.watch(self)
             if done:
                 # The client's first lines may have come with its last handshake bytes.
                 self._early_lines = list(self._framer.feed(early or b""))
@@ -283,7 +287,9 @@ class Client:
     def send_plain(self, data: bytes) -> None:
         """Send bytes around TLS: only to tell a plain client it came to a TLS port."""
         with self._lock:
-            self._queue_locked(data)
+            started_backlog = self._queue_locked(data)
+        if started_backlog:
+            self._flusher.watch(self)
 
     # --- writing: anybody, through here only -------------------------------
 
