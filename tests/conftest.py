@@ -134,3 +134,22 @@ def _display_for_gui_tests(request: pytest.FixtureRequest) -> None:
     """A test marked gui gets the display, or is skipped with the reason there is none."""
     if request.node.get_closest_marker("gui") is not None:
         request.getfixturevalue("display")
+
+
+@pytest.fixture
+def root(display: str, request: pytest.FixtureRequest) -> Iterator[tk.Tk]:
+    """One Tk root per test (of the test module's ROOT_CLASS, tk.Tk by default).
+    An exception in any Tk callback fails the test."""
+    root: tk.Tk = getattr(request.module, "ROOT_CLASS", tk.Tk)()
+    errors: list[str] = []
+
+    def report(exc: type[BaseException], value: BaseException, tb: object) -> None:
+        errors.append(f"{exc.__name__}: {value}")
+
+    root.report_callback_exception = report
+    yield root
+    try:
+        root.destroy()
+    except tk.TclError:
+        pass  # the test closed the window itself
+    assert not errors, f"exceptions in Tk callbacks: {errors}"

@@ -43,22 +43,8 @@ class CountingTk(tk.Tk):
         self.rings += 1
 
 
-@pytest.fixture
-def root(display: str) -> Iterator[CountingTk]:
-    """One Tk root per test. An exception in any Tk callback fails the test."""
-    root = CountingTk()
-    errors: list[str] = []
 
-    def report(exc: type[BaseException], value: BaseException, tb: object) -> None:
-        errors.append(f"{exc.__name__}: {value}")
-
-    root.report_callback_exception = report
-    yield root
-    try:
-        root.destroy()
-    except tk.TclError:
-        pass  # the test closed the window itself
-    assert not errors, f"exceptions in Tk callbacks: {errors}"
+ROOT_CLASS = CountingTk  # the root fixture (conftest.py) makes one of these
 
 
 @pytest.fixture

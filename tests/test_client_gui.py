@@ -40,23 +40,6 @@ KEYSYMS = {" ": "space", "@": "at", "!": "exclam", ":": "colon", ".": "period", 
 # --- helpers -----------------------------------------------------------------------
 
 
-@pytest.fixture
-def root(display: str) -> Iterator[tk.Tk]:
-    """One Tk root per test. An exception in any Tk callback fails the test."""
-    root = tk.Tk()
-    errors: list[str] = []
-
-    def report(exc: type[BaseException], value: BaseException, tb: object) -> None:
-        errors.append(f"{exc.__name__}: {value}")
-
-    root.report_callback_exception = report
-    yield root
-    try:
-        root.destroy()
-    except tk.TclError:
-        pass  # the test closed the window itself
-    assert not errors, f"exceptions in Tk callbacks: {errors}"
-
 
 def pump(root: tk.Tk, condition: Callable[[], object], what: str,
          timeout: float = WAIT_S) -> None:

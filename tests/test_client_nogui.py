@@ -184,11 +184,10 @@ def test_no_gui_refuses_a_certificate_it_cannot_check(
 
 def test_insecure_connects_without_checking_but_warns_loudly(
         certificates: tuple[Path, Path, Path]) -> None:
-    with tls_server(certificates) as server:  # a CA that --insecure is not told of
-        with client("--no-gui", "--port", str(server.address[1]), "--insecure",
-                    "--name", "Risky") as risky:
-            risky.expect(r"^\* welcome: Welcome to the grove, Risky!")
-            code, errors = risky.finish()
+    with tls_server(certificates) as server, client(  # a CA --insecure is not told of
+            "--no-gui", "--port", str(server.address[1]), "--insecure", "--name", "Risky") as risky:
+        risky.expect(r"^\* welcome: Welcome to the grove, Risky!")
+        code, errors = risky.finish()
     assert code == 0
     assert errors.startswith("WARNING: --insecure: the server's certificate is NOT checked"), errors
 
