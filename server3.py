@@ -576,18 +576,11 @@ class Grove:
 
     add() claims a name, admit() lets the client hear broadcasts (after it was
     welcomed, so that its welcome comes first), remove() takes it out.
-    broadcast() sends to everybody admitted, on a snapshot, outside the dict's
-    lock, one broadcast at a time.
+    broadcast() sends to everybody admitted, on a snapshot, outside the lock.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # One broadcast at a time. The sends are non-blocking, so this never
-        # waits on a client; and with CPython's GIL only one thread runs anyway.
-        # Ten broadcasters walking the same clients in step fought over each
-        # client's lock and the GIL at every send: measured, that cost up to
-        # half the throughput when one client had a backlog (bench/, slowconsumer).
-        self._sending = threading.Lock()
         self._members: dict[str, Client] = {}
         self._away: set[Client] = set()  # members whose connection dropped
         self._listeners: dict[Client, None] = {}  # an ordered set
@@ -678,10 +671,9 @@ class Grove:
     def broadcast(self, data: bytes, exclude: Client | None = None,
                   listeners: tuple[Client, ...] | None = None) -> None:
         """Send data to everybody (or to listeners, taken earlier) but exclude."""
-        with self._sending:
-            for client in self.listeners() if listeners is None else listeners:
-                if client is not exclude:
-                    client.send(data)
+        for client in self.listeners() if listeners is None else listeners:
+            if client is not exclude:
+                client.send(data)
 
 
 # --- Commands: a word, a small function, and a help line ------------------------
