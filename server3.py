@@ -1007,11 +1007,15 @@ class ChatServer:
     def _relay(self, client: Client, chat: list[str]) -> None:
         if not chat:
             return
+        data = b"".join(encode_line(line) for line in chat)
+        if not self._history.maxlen:  # no history: nothing to keep, no boundary to guard
+            self.grove.broadcast(data, client)
+            return
         stamp = time.strftime("%H:%M")
         with self._history_lock:  # a line is either in a newcomer's history or live
             self._history.extend(f"[{stamp}] {line}" for line in chat)
             listeners = self.grove.listeners()
-        self.grove.broadcast(b"".join(encode_line(line) for line in chat), client, listeners)
+        self.grove.broadcast(data, client, listeners)
 
     def _take_token(self, client: Client, bucket: TokenBucket, chat: list[str]) -> bool:
         """Hold this reader back until the flood control allows one more line.

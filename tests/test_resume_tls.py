@@ -68,6 +68,14 @@ def try_resume(server: ChatServer, code: str) -> LineClient:
     return client
 
 
+def bob_comes_back(server: ChatServer, code: str, watcher: LineClient) -> LineClient:
+    """Bob resumes with code: he is welcomed back and watcher sees him back."""
+    back = try_resume(server, code)
+    back.expect(r"^\* welcome: Welcome back")
+    watcher.expect(r"^\* back: Bob is back\.$")
+    return back
+
+
 def expect_refused(client: LineClient) -> None:
     """The resume was refused: one error, then the name prompt again."""
     error = client.next_line() or ""
@@ -154,9 +162,7 @@ def test_the_name_of_a_panda_away_stays_taken() -> None:
             assert error.startswith("* error: ") and "taken" in error, newcomer.seen
             assert (newcomer.next_line() or "").startswith("* name: "), newcomer.seen
             newcomer.close()
-        back = try_resume(server, code)
-        back.expect(r"^\* welcome: Welcome back")
-        alice.expect(r"^\* back: Bob is back\.$")
+        bob_comes_back(server, code, alice)
 
 
 def test_after_the_window_the_panda_has_left_and_its_code_is_refused() -> None:
@@ -185,9 +191,7 @@ def test_a_resume_code_works_once() -> None:
         (alice,) = pandas(server, "Alice")
         bob.close()
         alice.expect(r"^\* lost: Bob ")
-        back = try_resume(server, code)
-        back.expect(r"^\* welcome: Welcome back")
-        alice.expect(r"^\* back: Bob is back\.$")
+        back = bob_comes_back(server, code, alice)
 
         again = try_resume(server, code)
         expect_refused(again)
@@ -213,9 +217,7 @@ def test_a_made_up_resume_code_is_refused_and_the_real_one_still_works() -> None
             attempt.close()
         sync(alice)
         no_word_of("Bob", ("back", "leave"), alice)
-        back = try_resume(server, code)
-        back.expect(r"^\* welcome: Welcome back")
-        alice.expect(r"^\* back: Bob is back\.$")
+        bob_comes_back(server, code, alice)
 
 
 def test_leaves_is_a_goodbye_with_no_resume() -> None:
