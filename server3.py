@@ -14,8 +14,12 @@ on them. Writing never blocks anybody:
   A client whose backlog overflows has stopped reading: it is dropped.
 - The Grove is the locked dict of names to clients. The lock is held only to read
   or change the dict; broadcasting walks a snapshot, outside the lock.
-- All chat lines that one recv() brings are sent on as one write per receiver,
-  which keeps the system calls per delivered line low under load.
+- One broadcast is sent at a time (the Broadcaster). A reader that finds nobody
+  broadcasting sends its lines itself, at once; while somebody is, lines queue,
+  and the broadcaster thread sends all that queued as one write per receiver.
+  So under load the system calls per delivered line fall, and threads do not
+  fight over the GIL to send. The queue is bounded: past it, readers wait,
+  which slows the senders (TCP pushes back on them), never the receivers.
 
 Needs Linux, macOS or another system with MSG_DONTWAIT and poll(); on Windows run
 the server under WSL (the GUI client runs anywhere).
@@ -40,7 +44,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType, TracebackType
 
@@ -84,6 +88,9 @@ RECV_BYTES = 4096
 # dropped: thousands of chat lines, so a reader who is seconds behind catches
 # up, while 1,000 stuck readers still cost at most 256 MiB.
 SEND_BACKLOG_LIMIT = 256 * 1024
+# Broadcasts waiting for the Broadcaster thread; a reader that finds more than
+# this queued waits (and so reads no more from its client) until there is room.
+BROADCAST_QUEUE_BYTES = 1024 * 1024
 # Accept at most this many connections per wake-up so that a connection storm
 # cannot starve a shutdown request.
 ACCEPT_BATCH = 64
@@ -104,9 +111,12 @@ DEFAULT_RATE_LIMIT = 10.0
 DEFAULT_BURST = 50
 # A grove listing is split into lines of about this many characters.
 LISTING_LINE_CHARS = 400
-# On shutdown: how long the goodbye lines may take to flush, and how long the
-# connection threads get to finish, so that the whole stop takes under 2 s.
-SHUTDOWN_FLUSH_S = 0.8
+# On shutdown: how long the broadcast being sent may take to finish (one to
+# 10,000 pandas takes about 0.15 s), how long the goodbye lines may take to
+# flush, and how long the connection threads get to finish, so that the whole
+# stop takes under 2 s.
+SHUTDOWN_BROADCAST_S = 0.2
+SHUTDOWN_FLUSH_S = 0.7
 SHUTDOWN_JOIN_S = 0.5
 
 # How long a panda whose connection dropped keeps its name and its missed
@@ -571,6 +581,127 @@ class Flusher:
                 self.idle.set()
 
 
+Listeners = tuple[Client, ...]
+BroadcastItem = tuple[bytes, Client | None, Listeners]  # data, who not to send it to, to whom
+
+
+class Broadcaster:
+    """Sends what is for more than its sender's own ears, one broadcast at a time.
+
+    put() sends at once, from the caller's thread, when nothing else is being
+    broadcast (the quiet case: no hand-off, the lowest latency). Otherwise it
+    queues, and the broadcaster thread sends everything that queued together:
+    one write per listener for all of it. So the busier the grove, the fewer
+    the system calls per line, and threads never contend to send; Client.send()
+    never blocks, so nobody waits on a slow client either way.
+
+    The queue is bounded: a reader that finds it full waits, and so reads no
+    more from its client until there is room, which slows the senders, never
+    the listeners.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)  # queued, and nobody sending
+        self._room = threading.Condition(self._lock)  # the queue has room
+        self._queue: deque[BroadcastItem] = deque()
+        self._queued_bytes = 0
+        self._sending = False  # somebody is sending a broadcast now
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="broadcaster", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, data: bytes, exclude: Client | None, listeners: Listeners) -> None:
+        """Send data to listeners but exclude, after every broadcast put before it."""
+        with self._lock:
+            while self._queued_bytes >= BROADCAST_QUEUE_BYTES and not self._stopping:
+                self._room.wait()
+            if self._stopping:
+                return
+            if self._sending or self._queue:
+                self._queue.append((data, exclude, listeners))
+                self._queued_bytes += len(data)
+                return
+            self._sending = True
+        try:
+            _send_run([(data, exclude, listeners)])
+        finally:
+            self._done_sending()
+
+    def stop(self, timeout: float) -> None:
+        """Drop what is queued, and wait up to timeout for the broadcast being
+        sent to finish (the server is stopping: its goodbye is to come last)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._stopping = True
+            self._queue.clear()
+            self._queued_bytes = 0
+            self._work.notify_all()
+            self._room.notify_all()
+            while self._sending and self._work.wait(max(0.0, deadline - time.monotonic())):
+                pass
+        if self._thread.is_alive():
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _run(self) -> None:
+        # No local names here: a batch held until the next one would keep the
+        # clients of its listeners alive, long after they left.
+        while not self._stopping:
+            self._send_batch(self._next_batch())
+
+    def _next_batch(self) -> list[BroadcastItem]:
+        """Wait for queued items and nobody sending; take them all (none when stopping)."""
+        with self._lock:
+            while (self._sending or not self._queue) and not self._stopping:
+                self._work.wait()
+            if self._stopping:
+                return []
+            batch = list(self._queue)
+            self._queue.clear()
+            self._queued_bytes = 0
+            self._sending = True
+            self._room.notify_all()
+            return batch
+
+    def _send_batch(self, batch: list[BroadcastItem]) -> None:
+        if not batch:  # stopping
+            return
+        try:
+            for run in _runs_by_listeners(batch):
+                _send_run(run)
+        except Exception:
+            log.exception("broadcast failed")
+        finally:
+            self._done_sending()
+
+    def _done_sending(self) -> None:
+        with self._lock:
+            self._sending = False
+            self._work.notify_all()  # the thread, for what queued; or stop()
+
+
+def _runs_by_listeners(batch: list[BroadcastItem]) -> Iterator[list[BroadcastItem]]:
+    """Split batch into runs of consecutive items for the same listeners."""
+    start = 0
+    for end in range(1, len(batch) + 1):
+        if end == len(batch) or batch[end][2] is not batch[start][2]:
+            yield batch[start:end]
+            start = end
+
+
+def _send_run(run: list[BroadcastItem]) -> None:
+    """Send items for the same listeners as one write per listener."""
+    everything = b"".join(data for data, _, _ in run)
+    excluded = {exclude for _, exclude, _ in run if exclude is not None}
+    for client in run[0][2]:
+        if client not in excluded:
+            client.send(everything)
+        elif data := b"".join(data for data, exclude, _ in run if exclude is not client):
+            client.send(data)
+
+
 class Grove:
     """The chat room: a locked dict of names to clients.
 
@@ -580,6 +711,7 @@ class Grove:
     """
 
     def __init__(self) -> None:
+        self.broadcaster = Broadcaster()
         self._lock = threading.Lock()
         self._members: dict[str, Client] = {}
         self._away: set[Client] = set()  # members whose connection dropped
@@ -670,10 +802,9 @@ class Grove:
 
     def broadcast(self, data: bytes, exclude: Client | None = None,
                   listeners: tuple[Client, ...] | None = None) -> None:
-        """Send data to everybody (or to listeners, taken earlier) but exclude."""
-        for client in self.listeners() if listeners is None else listeners:
-            if client is not exclude:
-                client.send(data)
+        """Send data to everybody (or to listeners, taken earlier) but exclude,
+        in order after every broadcast before it."""
+        self.broadcaster.put(data, exclude, self.listeners() if listeners is None else listeners)
 
 
 # --- Commands: a word, a small function, and a help line ------------------------
@@ -718,7 +849,9 @@ def do_whisper(server: ChatServer, client: Client, arg: str) -> None:
         _reply(client, "error", f"There is no panda called {clean_text(name)} here. "
                                 "@grove lists who is here.")
     else:
-        _reply(target, "whisper", chat_line(client.name, text))
+        # Through the broadcaster, so that it cannot overtake what client said before.
+        server.grove.broadcast(encode_line(system_line("whisper", chat_line(client.name, text))),
+                               listeners=(target,))
         _reply(client, "whispered", f"to {chat_line(target.name, text)}")
 
 
@@ -818,6 +951,7 @@ class ChatServer:
         with self._serving, selectors.DefaultSelector() as selector:
             self._flusher.start()
             self._scheduler.start()
+            self.grove.broadcaster.start()
             selector.register(self._listener, selectors.EVENT_READ)
             selector.register(self._wake_r, selectors.EVENT_READ)
             while not self._stop_requested:
@@ -1146,6 +1280,7 @@ class ChatServer:
         self.shutdown()
         with self._serving:  # wait for serve_forever() to return
             self._listener.close()
+        self.grove.broadcaster.stop(SHUTDOWN_BROADCAST_S)  # so that nothing follows the goodbye
         with self._connections_lock:
             clients = list(self._connections)
         goodbye = encode_line(system_line("shutdown", "The server is shutting down. Goodbye!"))

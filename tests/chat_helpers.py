@@ -26,7 +26,7 @@ from typing import Any
 
 import trustme
 
-from protocol import LINE_TOO_LONG, LineBuffer, encode_line
+from protocol import LINE_TOO_LONG, LineBuffer, encode_line, parse_line
 from server3 import ChatServer, tls_context
 
 WAIT_S = 5.0  # long enough for a loaded CI machine, short enough to fail fast
@@ -205,6 +205,11 @@ class Cable:
         for near, far in self.pairs:
             near.close()
             far.close()
+
+
+def chat_from(lines: list[str], name: str) -> list[str]:
+    """The texts of the chat lines from name."""
+    return [m.text for m in map(parse_line, lines) if m.kind == "chat" and m.sender == name]
 
 
 def sync(client: LineClient) -> list[str]:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from chat_helpers import WAIT_S, LineClient, pandas, running_server, sync
+from chat_helpers import WAIT_S, LineClient, chat_from, pandas, running_server, sync
 
 import server3
 from server3 import ChatServer
@@ -111,6 +111,18 @@ def test_a_whisper_that_cannot_be_delivered_is_an_error_to_the_sender_alone(
     assert lines_before_marker(alice, "Alice", bob, carol) == [[], []]
     # And nothing more to Alice either (one error, no whisper, no echo).
     assert sync(alice) == [], alice.seen
+
+
+def test_a_whisper_never_overtakes_what_its_sender_said_before(server: ChatServer) -> None:
+    # Others flood meanwhile, so that chat waits its turn to be sent on: a
+    # whisper taking a shorter way would reach Bob before Alice's last lines.
+    alice, bob, *flooders = pandas(server, "Alice", "Bob", "F1", "F2", "F3")
+    for number, flooder in enumerate(flooders):
+        flooder.send_raw(b"".join(b"flood %d %d\n" % (number, i) for i in range(2000)))
+    said = [f"line {i}" for i in range(300)]
+    alice.send_raw("".join(f"{text}\n" for text in [*said, "@whisper Bob psst"]).encode())
+    before = bob.lines_until(r"^\* whisper: Alice: psst$")
+    assert chat_from(before, "Alice") == said, before[-5:]
 
 
 def test_help_lists_whisper(server: ChatServer) -> None:
