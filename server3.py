@@ -481,19 +481,27 @@ class Scheduler:
             self._thread.join()
 
     def _run(self) -> None:
-        while True:
-            with self._changed:
-                while not self._stopping and (
-                        not self._jobs or self._jobs[0][0] > time.monotonic()):
-                    timeout = self._jobs[0][0] - time.monotonic() if self._jobs else None
-                    self._changed.wait(timeout)
-                if self._stopping:
-                    return
-                _, _, job = heapq.heappop(self._jobs)
-            try:
+        # No local names here: a job kept until the next one would keep alive
+        # what it refers to (an expired panda), perhaps for hours.
+        while not self._stopping:
+            self._run_job(self._next_job())
+
+    def _next_job(self) -> Callable[[], None] | None:
+        """Wait for the next job's time; None when stopping."""
+        with self._changed:
+            while not self._stopping and (
+                    not self._jobs or self._jobs[0][0] > time.monotonic()):
+                timeout = self._jobs[0][0] - time.monotonic() if self._jobs else None
+                self._changed.wait(timeout)
+            return None if self._stopping else heapq.heappop(self._jobs)[2]
+
+    @staticmethod
+    def _run_job(job: Callable[[], None] | None) -> None:
+        try:
+            if job is not None:
                 job()
-            except Exception:
-                log.exception("scheduled job failed")
+        except Exception:
+            log.exception("scheduled job failed")
 
 
 class Flusher:
@@ -545,12 +553,17 @@ class Flusher:
 
     def _run(self) -> None:
         while not self._stopping:
-            for key, _ in self._selector.select():
-                if key.fileobj is self._wake_r:
-                    self._drain_wake_pipe()
-                elif key.data.flush():
-                    self._selector.unregister(key.fd)
+            self._flush_ready(self._selector.select())
             self._take_handed()
+
+    def _flush_ready(self, ready: list[tuple[selectors.SelectorKey, int]]) -> None:
+        # A function of its own, so that no client stays referred to by a loop
+        # variable while the thread waits.
+        for key, _ in ready:
+            if key.fileobj is self._wake_r:
+                self._drain_wake_pipe()
+            elif key.data.flush():
+                self._selector.unregister(key.fd)
 
     def _drain_wake_pipe(self) -> None:
         try:

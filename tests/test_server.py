@@ -8,7 +8,9 @@ acted on everything a client sent, by asking @bamboo and reading up to its fact.
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
 import re
 import socket
 import threading
@@ -21,7 +23,7 @@ from chat_helpers import WAIT_S, LineClient, pandas, running_server, sync
 
 from panda_facts import FACTS
 from protocol import MAX_LINE_BYTES, parse_line
-from server3 import DEFAULT_BURST, DEFAULT_RATE_LIMIT, ChatServer
+from server3 import DEFAULT_BURST, DEFAULT_RATE_LIMIT, ChatServer, Client
 
 COMMAND_WORDS = {"@bamboo", "@grove", "@help", "@leaves"}
 GROVE = re.compile(r"^\* grove: (\d+) pandas? here: (.*)$")
@@ -461,6 +463,42 @@ def test_a_client_that_never_reads_is_dropped_and_the_others_lose_nothing(
             client.expect(r"^\* leave: Stuck left the grove \(")
     assert sorted(grove_names(alice)[1]) == ["Alice", "Bob"]
     stuck.close()
+
+
+def live_state() -> tuple[int, int, int]:
+    """Client objects alive, threads, open descriptors: in this process, which
+    runs both the server and the test's clients."""
+    gc.collect()
+    clients = sum(isinstance(thing, Client) for thing in gc.get_objects())
+    return clients, threading.active_count(), len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+def test_pandas_that_come_and_go_in_every_way_leave_nothing_behind() -> None:
+    # One object kept per connection would never show in a short run's memory
+    # figures; counted here, it fails at once.
+    with running_server(name_timeout=10, resume_window=0.2) as server:
+        (steady,) = pandas(server, "Steady")
+        before = live_state()
+        for number in range(3):
+            LineClient(server.address, f"Fin{number}").close()
+            LineClient(server.address, f"Rst{number}").abort()
+            half = LineClient(server.address, f"Half{number}")
+            half.send_raw(b"half a li")
+            half.abort()
+            prompt_client(server).abort()
+            leaver = LineClient(server.address, f"Leaver{number}")
+            leaver.send("@leaves")
+            leaver.read_until_eof()
+            leaver.close()
+        for _ in range(3 * 4):  # every named one leaves, at once or when it expires
+            steady.expect(r"^\* leave: ")
+        deadline = time.monotonic() + WAIT_S
+        while live_state() != before and time.monotonic() < deadline:
+            time.sleep(0.05)  # the last threads end just after the last notice
+        assert live_state() == before
+        steady.send("@grove")
+        steady.expect(r"^\* grove: 1 panda here: Steady$")
 
 
 # --- limits ---------------------------------------------------------------------------
