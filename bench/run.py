@@ -98,8 +98,8 @@ FIGURES = [
     Figure("churn", "threads_after", "threads after"),
     Figure("churn", "fds_before", "fds before"),
     Figure("churn", "fds_after", "fds after"),
-    Figure("churn", "rss_growth_kib", "RSS growth KiB"),
-    Figure("churn", "rss_growth_last_round_kib", "RSS growth in round 2, KiB"),
+    Figure("churn", "rss_first_round_kib", "RSS kept by round 1, KiB"),
+    Figure("churn", "rss_growth_kib", "RSS growth in later rounds, KiB"),
     Figure("churn", "settled", "threads+fds back"),
 ]
 

@@ -10,12 +10,13 @@ log_dir=Path("/tmp/bench-logs"))).
     connections   ramp to 10,000 clients in batches: how many registered, how fast,
                   server memory per connection, one broadcast to all, then the time
                   from SIGTERM to exit with them all connected
-    slowconsumer  fanout without and then with a fresh client that never reads (3
-                  rounds): the healthy clients' rate and losses, whether the slow
-                  one was dropped, the server's peak memory
+    slowconsumer  fanout without and then with a fresh client that never reads (9
+                  rounds of each): the healthy clients' rate and losses, whether
+                  the slow one was dropped, the server's peak memory
     churn         a steady group chats while clients connect, say a little and
                   vanish (FIN, RST, half a line then RST, no name then RST): steady
-                  lines lost, server threads/fds/memory before and after
+                  lines lost, server threads/fds/memory before and after (memory:
+                  what the first round leaves, then growth over two more rounds)
 
 Counting: a "delivery" is one line reaching one receiver; "lost" counts the
 deliveries still missing when the scenario stopped waiting (the "outcome" says
@@ -112,8 +113,10 @@ class SlowConsumerParams:
     # (Panda Chat's is 256 KiB), so a server that queues without limit shows it.
     fanout: FanoutParams = field(default_factory=lambda: FanoutParams(pad=500))  # not its rounds
     # Each round: a fanout round without the slow client, then one with a fresh
-    # slow client; the rates are the median rounds'.
-    rounds: int = 5
+    # slow client; the rates are the median rounds'. A round takes a fraction of
+    # a second and single rounds vary by 2x, so it takes this many for the
+    # ratio of the medians to settle within a few percent.
+    rounds: int = 9
     slow_rcvbuf: int = 4096  # the slow client's SO_RCVBUF: a small window, quickly full
     # The slow client's segment size, as on Ethernet. With loopback's 64 KiB
     # segments the server's kernel would take ~3 MB for it before pushing back;
@@ -140,9 +143,11 @@ class ChurnParams:
     # than the longest a server keeps a vanished client (Panda Chat's resume
     # window, 2 s in the benchmark).
     resume_wait_s: float = 3.0
-    # Memory that a server keeps after one round may be its allocator's; memory
-    # that grows again in a second, like round is more likely to be a leak.
-    rounds: int = 2
+    # Memory that a server keeps after its first round may be its allocator's
+    # (freed objects leave partly used arenas behind, kept for reuse); memory
+    # that grows again in later rounds, like the first, is more likely a leak.
+    # So growth is measured from the end of round 1 to the end of the last.
+    rounds: int = 3
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -414,6 +419,7 @@ def slowconsumer(server: ServerProcess, pool: WorkerPool,
         "slow_bytes_read": [fate["slow_bytes_read"] for fate in fates],
         "rss_before_kib": rss_before, "peak_rss_kib": max(sampler.peak_kib, status["rss_kib"]),
         "hwm_kib": status["hwm_kib"], "rounds_per_s": loaded["rounds_per_s"],
+        "control_rounds_per_s": control["rounds_per_s"],
         "generator_cores": loaded["generator_cores"], "server_cores": loaded["server_cores"]}
 
 
@@ -473,8 +479,9 @@ def churn(server: ServerProcess, pool: WorkerPool, p: ChurnParams) -> dict[str, 
         "threads_before": before["threads"], "threads_after": after["threads"],
         "fds_before": before["fds"], "fds_after": after["fds"],
         "rss_before_kib": before["rss_kib"], "rss_after_kib": after["rss_kib"],
-        "rss_growth_kib": after["rss_kib"] - before["rss_kib"],
-        "rss_growth_last_round_kib": after["rss_kib"] - afters[-2]["rss_kib"],
+        "rss_after_rounds_kib": [one["rss_kib"] for one in afters[1:]],
+        "rss_first_round_kib": afters[1]["rss_kib"] - before["rss_kib"],
+        "rss_growth_kib": after["rss_kib"] - afters[1]["rss_kib"],
         "settled": after["threads"] <= before["threads"] and after["fds"] <= before["fds"],
         "settle_s": settle_s}
 
