@@ -1205,8 +1205,8 @@ class ChatServer:
         if member is not None and not member.away:
             # Its old connection is still open (half-open): end it, then take over.
             member.hang_up("resumed from another connection")
-            if member.thread is not None:
-                member.thread.join(RESUME_TAKEOVER_S)
+            if (thread := member.thread) is not None:  # None once it has ended
+                thread.join(RESUME_TAKEOVER_S)
         if member is None or not member.away:
             self._refuse_name(client, "That resume code is wrong or has expired; "
                                       "choose a name to join afresh.")
@@ -1233,6 +1233,7 @@ class ChatServer:
         with self._connections_lock:
             self._connections.discard(client)
         client.close(abort=reason == SLOW_READER)
+        client.thread = None  # this one, ending: an away panda need not keep it
         if not client.name or self.grove.find(client.name) is not client:
             log.debug("%r went away: %s", client, reason)
             return
@@ -1305,8 +1306,8 @@ class ChatServer:
             client.hang_up(SHUTTING_DOWN)
         deadline = time.monotonic() + SHUTDOWN_JOIN_S
         for client in clients:
-            if client.thread is not None:
-                client.thread.join(max(0.0, deadline - time.monotonic()))
+            if (thread := client.thread) is not None:  # None once it has ended
+                thread.join(max(0.0, deadline - time.monotonic()))
         log.info("shutdown: said goodbye to %d connection%s", len(clients),
                  "" if len(clients) == 1 else "s")
         self._flusher.stop()
