@@ -16,10 +16,10 @@ on them. Writing never blocks anybody:
   or change the dict; broadcasting walks a snapshot, outside the lock.
 - One broadcast is sent at a time (the Broadcaster). A reader that finds nobody
   broadcasting sends its lines itself, at once; while somebody is, lines queue,
-  and the broadcaster thread sends all that queued as one write per receiver.
-  So under load the system calls per delivered line fall, and threads do not
-  fight over the GIL to send. The queue is bounded: past it, readers wait,
-  which slows the senders (TCP pushes back on them), never the receivers.
+  and the broadcaster thread sends what queued as one write per receiver (up to
+  64 KiB at a time). So under load the system calls per delivered line fall,
+  and threads do not fight over the GIL to send. The queue is bounded: past it,
+  readers wait, which slows the senders (TCP pushes back), never the receivers.
 
 Needs Linux, macOS or another system with MSG_DONTWAIT and poll(); on Windows run
 the server under WSL (the GUI client runs anywhere).
@@ -91,6 +91,10 @@ SEND_BACKLOG_LIMIT = 256 * 1024
 # Broadcasts waiting for the Broadcaster thread; a reader that finds more than
 # this queued waits (and so reads no more from its client) until there is room.
 BROADCAST_QUEUE_BYTES = 1024 * 1024
+# What the broadcaster sends as one write per listener, at most: enough that the
+# system calls per line are few, little enough that a burst of it does not fill
+# a healthy but briefly busy client's backlog (SEND_BACKLOG_LIMIT) at once.
+BROADCAST_BATCH_BYTES = 64 * 1024
 # Accept at most this many connections per wake-up so that a connection storm
 # cannot starve a shutdown request.
 ACCEPT_BATCH = 64
@@ -603,10 +607,11 @@ class Broadcaster:
 
     put() sends at once, from the caller's thread, when nothing else is being
     broadcast (the quiet case: no hand-off, the lowest latency). Otherwise it
-    queues, and the broadcaster thread sends everything that queued together:
-    one write per listener for all of it. So the busier the grove, the fewer
-    the system calls per line, and threads never contend to send; Client.send()
-    never blocks, so nobody waits on a slow client either way.
+    queues, and the broadcaster thread sends what queued together: one write
+    per listener for up to BROADCAST_BATCH_BYTES of it. So the busier the
+    grove, the fewer the system calls per line, and threads never contend to
+    send; Client.send() never blocks, so nobody waits on a slow client either
+    way.
 
     The queue is bounded: a reader that finds it full waits, and so reads no
     more from its client until there is room, which slows the senders, never
@@ -665,15 +670,18 @@ class Broadcaster:
             self._send_batch(self._next_batch())
 
     def _next_batch(self) -> list[BroadcastItem]:
-        """Wait for queued items and nobody sending; take them all (none when stopping)."""
+        """Wait for queued items and nobody sending; take the oldest, up to
+        BROADCAST_BATCH_BYTES of them (none when stopping)."""
         with self._lock:
             while (self._sending or not self._queue) and not self._stopping:
                 self._work.wait()
             if self._stopping:
                 return []
-            batch = list(self._queue)
-            self._queue.clear()
-            self._queued_bytes = 0
+            batch, size = [], 0
+            while self._queue and size < BROADCAST_BATCH_BYTES:
+                batch.append(self._queue.popleft())
+                size += len(batch[-1][0])
+            self._queued_bytes -= size
             self._sending = True
             self._room.notify_all()
             return batch
