@@ -827,6 +827,11 @@ class Grove:
         in order after every broadcast before it."""
         self.broadcaster.put(data, exclude, self.listeners() if listeners is None else listeners)
 
+    def tell(self, client: Client, data: bytes) -> None:
+        """Send data to client alone, in order after every broadcast before it:
+        an answer never overtakes what the grove said earlier."""
+        self.broadcaster.put(data, None, (client,))
+
 
 # --- Commands: a word, a small function, and a help line ------------------------
 # A command function gets the server, the client and the rest of the line; it
@@ -841,21 +846,29 @@ class Command:
     help: str
 
 
-def _reply(client: Client, kind: str, text: str) -> None:
+def _reply(server: ChatServer, client: Client, kind: str, text: str) -> None:
+    """An answer to a panda in the grove: in order after what it was sent before."""
+    server.grove.tell(client, encode_line(system_line(kind, text)))
+
+
+def _tell_now(client: Client, kind: str, text: str) -> None:
+    """Straight to the socket: for a connection not in the grove (yet), or one
+    about to close, which a queued line might not reach in time."""
     client.send(encode_line(system_line(kind, text)))
 
 
 def do_bamboo(server: ChatServer, client: Client, arg: str) -> None:
-    _reply(client, "fact", random_fact())
+    _reply(server, client, "fact", random_fact())
 
 
 def do_grove(server: ChatServer, client: Client, arg: str) -> None:
-    client.send(server.grove_listing())
+    server.grove.tell(client, server.grove_listing())
 
 
 def do_help(server: ChatServer, client: Client, arg: str) -> None:
-    client.send(b"".join(encode_line(system_line("help", f"{word} - {command.help}"))
-                         for word, command in COMMANDS.items()))
+    server.grove.tell(client, b"".join(
+        encode_line(system_line("help", f"{word} - {command.help}"))
+        for word, command in COMMANDS.items()))
 
 
 def do_whisper(server: ChatServer, client: Client, arg: str) -> None:
@@ -863,22 +876,21 @@ def do_whisper(server: ChatServer, client: Client, arg: str) -> None:
     text = clean_text(text.strip())
     target = server.grove.find(name) if name else None
     if not name or not text:
-        _reply(client, "error", "To whisper, type: @whisper NAME your message")
+        _reply(server, client, "error", "To whisper, type: @whisper NAME your message")
     elif target is client:
-        _reply(client, "error", "Whispering to yourself? Your secret is safe with you.")
+        _reply(server, client, "error", "Whispering to yourself? Your secret is safe with you.")
     elif target is None:
-        _reply(client, "error", f"There is no panda called {clean_text(name)} here. "
-                                "@grove lists who is here.")
-    else:
-        # Through the broadcaster, so that it cannot overtake what client said before.
-        server.grove.broadcast(encode_line(system_line("whisper", chat_line(client.name, text))),
-                               listeners=(target,))
-        _reply(client, "whispered", f"to {chat_line(target.name, text)}")
+        _reply(server, client, "error", f"There is no panda called {clean_text(name)} here. "
+                                        "@grove lists who is here.")
+    else:  # in order after what client said before, like everything told
+        _reply(server, target, "whisper", chat_line(client.name, text))
+        _reply(server, client, "whispered", f"to {chat_line(target.name, text)}")
 
 
 def do_leaves(server: ChatServer, client: Client, arg: str) -> str:
+    # Straight to the socket: the connection closes next.
     client.send(b"".join(encode_line(system_line("art", line)) for line in goodbye_lines()))
-    _reply(client, "bye", f"Goodbye, {client.name}! Come back to the grove soon.")
+    _tell_now(client, "bye", f"Goodbye, {client.name}! Come back to the grove soon.")
     return GOODBYE
 
 
@@ -1020,7 +1032,7 @@ class ChatServer:
                     self._connections.discard(client)
         log.warning("refused %s:%s: the grove is full (%d connections)",
                     address[0], address[1], self.max_clients)
-        _reply(client, "full", f"The grove is full ({_pandas(self.max_clients)}). "
+        _tell_now(client, "full", f"The grove is full ({_pandas(self.max_clients)}). "
                                "Please try again later.")
         client.close()
 
@@ -1071,7 +1083,7 @@ class ChatServer:
             try:
                 lines = client.read_lines(deadline - time.monotonic())
             except TimeoutError:
-                _reply(client, "bye", f"No name within {self.name_timeout:g} seconds; goodbye.")
+                _tell_now(client, "bye", f"No name within {self.name_timeout:g} seconds; goodbye.")
                 return "no name in time"
             if lines is None:
                 return "left before choosing a name"
@@ -1085,7 +1097,7 @@ class ChatServer:
                     continue
                 word, _, arg = name.partition(" ")
                 if word.lower() == "@leaves":
-                    _reply(client, "bye", "Goodbye!")
+                    _tell_now(client, "bye", "Goodbye!")
                     return "left before choosing a name"
                 if word.lower() == "@resume":
                     member = self._resume(client, arg.strip())
@@ -1146,8 +1158,8 @@ class ChatServer:
             if bucket is not None and not self._take_token(client, bucket, chat):
                 return SHUTTING_DOWN
             if not isinstance(line, str):
-                _reply(client, "error", f"That line was over {MAX_LINE_BYTES} bytes, "
-                                        "so it was dropped.")
+                _reply(self, client, "error", f"That line was over {MAX_LINE_BYTES} bytes, "
+                                              "so it was dropped.")
             elif not line.startswith("@"):
                 chat.append(chat_line(client.name, clean_text(line.rstrip())))
             else:
@@ -1184,8 +1196,8 @@ class ChatServer:
             if not bucket.throttled:
                 bucket.throttled = True
                 log.info("slow %s: over %g lines a second", client.name, bucket.rate)
-                _reply(client, "slow", f"Slow down! Over {bucket.rate:g} lines a second; your "
-                                       "lines are queued and will all be delivered.")
+                _reply(self, client, "slow", f"Slow down! Over {bucket.rate:g} lines a second; "
+                                             "your lines are queued and will all be delivered.")
             if self._stopping.wait(delay):
                 return False
         return True
@@ -1194,7 +1206,7 @@ class ChatServer:
         word, _, arg = text.partition(" ")
         command = COMMANDS.get(word.lower())
         if command is None:
-            _reply(client, "error", unknown_command_reply(word))
+            _reply(self, client, "error", unknown_command_reply(word))
             return None
         return command.run(self, client, arg.strip())
 
@@ -1227,7 +1239,7 @@ class ChatServer:
             + self._resume_line(member))
         self.grove.mark_back(member)
         log.info("back %s", member.name)
-        member.send(self.grove_listing())
+        self.grove.tell(member, self.grove_listing())
         self._announce(self.grove.count(), "back", f"{member.name} is back.", exclude=member)
         return member
 
