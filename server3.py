@@ -20,6 +20,7 @@ on them. Writing never blocks anybody:
   64 KiB at a time). So under load the system calls per delivered line fall,
   and threads do not fight over the GIL to send. The queue is bounded: past it,
   readers wait, which slows the senders (TCP pushes back), never the receivers.
+  Answers to commands join the same queue: none overtakes what came before it.
 
 Needs Linux, macOS or another system with MSG_DONTWAIT and poll(); on Windows run
 the server under WSL (the GUI client runs anywhere).
@@ -728,7 +729,9 @@ class Grove:
 
     add() claims a name, admit() lets the client hear broadcasts (after it was
     welcomed, so that its welcome comes first), remove() takes it out.
-    broadcast() sends to everybody admitted, on a snapshot, outside the lock.
+    broadcast() sends to everybody admitted, on a snapshot, outside the lock;
+    tell() to one panda. Both go through the one Broadcaster, so that each
+    panda gets everything in the order the grove said it.
     """
 
     def __init__(self) -> None:
