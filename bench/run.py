@@ -100,6 +100,7 @@ FIGURES = [
     Figure("churn", "fds_after", "fds after"),
     Figure("churn", "rss_first_round_kib", "RSS kept by round 1, KiB"),
     Figure("churn", "rss_growth_kib", "RSS growth in later rounds, KiB"),
+    Figure("churn", "data_growth_kib", "VmData growth in later rounds, KiB"),
     Figure("churn", "settled", "threads+fds back"),
 ]
 

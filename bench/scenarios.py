@@ -146,7 +146,9 @@ class ChurnParams:
     # Memory that a server keeps after its first round may be its allocator's
     # (freed objects leave partly used arenas behind, kept for reuse); memory
     # that grows again in later rounds, like the first, is more likely a leak.
-    # So growth is measured from the end of round 1 to the end of the last.
+    # So growth is measured from the end of round 1 to the end of the last: of
+    # the resident memory (RSS), and of the memory mapped for data (VmData),
+    # which a leak must make grow sooner or later and reuse never does.
     rounds: int = 3
 
 
@@ -266,7 +268,8 @@ def machine_busy_s() -> float:
 
 def server_snapshot(server: ServerProcess) -> dict[str, int]:
     status = server.status()
-    return {"threads": status["threads"], "fds": server.fds(), "rss_kib": status["rss_kib"]}
+    return {"threads": status["threads"], "fds": server.fds(), "rss_kib": status["rss_kib"],
+            "data_kib": status["data_kib"]}
 
 
 def wait_settled(server: ServerProcess, baseline: dict[str, int],
@@ -482,6 +485,7 @@ def churn(server: ServerProcess, pool: WorkerPool, p: ChurnParams) -> dict[str, 
         "rss_after_rounds_kib": [one["rss_kib"] for one in afters[1:]],
         "rss_first_round_kib": afters[1]["rss_kib"] - before["rss_kib"],
         "rss_growth_kib": after["rss_kib"] - afters[1]["rss_kib"],
+        "data_growth_kib": after["data_kib"] - afters[1]["data_kib"],
         "settled": after["threads"] <= before["threads"] and after["fds"] <= before["fds"],
         "settle_s": settle_s}
 

@@ -158,8 +158,10 @@ class ServerProcess:
     # --- what /proc says ---------------------------------------------------------------
 
     def status(self) -> dict[str, int]:
-        """VmRSS and VmHWM in KiB, and Threads, from /proc/PID/status."""
-        wanted = {"VmRSS": "rss_kib", "VmHWM": "hwm_kib", "Threads": "threads"}
+        """VmRSS, VmHWM and VmData (memory mapped for data, touched or not) in
+        KiB, and Threads, from /proc/PID/status."""
+        wanted = {"VmRSS": "rss_kib", "VmHWM": "hwm_kib", "VmData": "data_kib",
+                  "Threads": "threads"}
         found = {}
         with open(f"/proc/{self.pid}/status") as status:
             for line in status:
