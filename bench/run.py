@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -259,6 +260,9 @@ def progress(run: dict[str, Any], done: int, total: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Stopped by kill as by Ctrl+C: the server under test is stopped, the runs
+    # so far are reported, and nothing is left running.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     size = "tiny" if args.tiny else "quick" if args.quick else "full"
     params = {name: getattr(SCENARIOS[name], size) for name in args.scenarios}
     started = time.monotonic()
