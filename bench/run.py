@@ -1,6 +1,6 @@
 """Compare Panda Chat with the baseline servers under load: one command, one table.
 
-    python3 bench/run.py                  # every scenario x server x 3 repeats: ~11 min
+    python3 bench/run.py                  # every scenario x server x 3 repeats: ~15 min
     python3 bench/run.py --quick          # smaller scenarios, once: about a minute
     python3 bench/run.py --scenarios fanout,latency --servers panda,textbook --repeats 5
 
@@ -13,8 +13,8 @@ within a repeat the servers take turns, so that drift of the machine touches
 them alike. The table shows medians over the repeats (for yes/no figures, in how
 many repeats it was yes) and, for rates and latencies, the ratio to the textbook
 server. Every figure of every run is written as JSON to bench/results/ (or
---json PATH); server logs go to bench/results/logs/. Ctrl+C stops the run and
-the server under test. Linux only (figures come from /proc).
+--json PATH); server logs go to bench/results/logs/. Ctrl+C or SIGTERM stops
+the run and the server under test. Linux only (figures come from /proc).
 """
 
 from __future__ import annotations
