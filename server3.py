@@ -45,7 +45,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType, TracebackType
 
@@ -610,10 +610,9 @@ class Broadcaster:
     broadcast (the quiet case: no hand-off, the lowest latency), and then one
     batch of what queued meanwhile. Otherwise it queues, and the broadcaster
     thread sends what queued together: one write per listener for up to
-    BROADCAST_BATCH_BYTES of it. So the busier the
-    grove, the fewer the system calls per line, and threads never contend to
-    send; Client.send() never blocks, so nobody waits on a slow client either
-    way.
+    BROADCAST_BATCH_BYTES of it. So the busier the grove, the fewer the system
+    calls per line, and threads never contend to send; Client.send() never
+    blocks, so nobody waits on a slow client either way.
 
     The queue is bounded: a reader that finds it full waits, and so reads no
     more from its client until there is room, which slows the senders, never
@@ -646,14 +645,13 @@ class Broadcaster:
                 return
             self._sending = True
         try:
-            _send_run([(data, exclude, listeners)])
+            _send_items([(data, exclude, listeners)])
             # One batch of what queued meanwhile goes now, without waking the
             # thread for it (a tenth of a millisecond off the latency tail);
             # any more is left to the thread, so no reader sends for long.
             with self._lock:
                 batch = self._take_batch_locked()
-            for run in _runs_by_listeners(batch):
-                _send_run(run)
+            _send_items(batch)
         finally:
             self._done_sending()
 
@@ -704,8 +702,7 @@ class Broadcaster:
         if not batch:  # stopping
             return
         try:
-            for run in _runs_by_listeners(batch):
-                _send_run(run)
+            _send_items(batch)
         except Exception:
             log.exception("broadcast failed")
         finally:
@@ -717,12 +714,12 @@ class Broadcaster:
             self._work.notify_all()  # the thread, for what queued; or stop()
 
 
-def _runs_by_listeners(batch: list[BroadcastItem]) -> Iterator[list[BroadcastItem]]:
-    """Split batch into runs of consecutive items for the same listeners."""
+def _send_items(items: list[BroadcastItem]) -> None:
+    """Send items in order; consecutive ones for the same listeners together."""
     start = 0
-    for end in range(1, len(batch) + 1):
-        if end == len(batch) or batch[end][2] is not batch[start][2]:
-            yield batch[start:end]
+    for end in range(1, len(items) + 1):
+        if end == len(items) or items[end][2] is not items[start][2]:
+            _send_run(items[start:end])
             start = end
 
 
@@ -755,7 +752,7 @@ class Grove:
         self._listeners: dict[Client, None] = {}  # an ordered set
         # What broadcast() walks: a copy of _listeners, made again only when a
         # broadcast finds it out of date, so that a change costs O(1).
-        self._snapshot: tuple[Client, ...] | None = ()
+        self._snapshot: Listeners | None = ()
 
     def add(self, client: Client, name: str) -> str | None:
         """Give client the name; the reason why not when it is taken."""
@@ -829,7 +826,7 @@ class Grove:
         with self._lock:
             return self._members.get(name_key(name))
 
-    def listeners(self) -> tuple[Client, ...]:
+    def listeners(self) -> Listeners:
         """Everybody who hears broadcasts now."""
         listeners = self._snapshot
         if listeners is None:
@@ -838,7 +835,7 @@ class Grove:
         return listeners
 
     def broadcast(self, data: bytes, exclude: Client | None = None,
-                  listeners: tuple[Client, ...] | None = None) -> None:
+                  listeners: Listeners | None = None) -> None:
         """Send data to everybody (or to listeners, taken earlier) but exclude,
         in order after every broadcast before it."""
         self.broadcaster.put(data, exclude, self.listeners() if listeners is None else listeners)
@@ -1051,7 +1048,7 @@ class ChatServer:
         log.warning("refused %s:%s: the grove is full (%d connections)",
                     address[0], address[1], self.max_clients)
         _tell_now(client, "full", f"The grove is full ({_pandas(self.max_clients)}). "
-                               "Please try again later.")
+                                  "Please try again later.")
         client.close()
 
     # --- one connection: setup, handle, finish --------------------------------
