@@ -207,6 +207,28 @@ class Cable:
             far.close()
 
 
+@contextmanager
+def flooding(client: LineClient, data: bytes) -> Iterator[None]:
+    """client sends data again and again, from a thread of its own, until the
+    block ends or the server hangs up."""
+    stop = threading.Event()
+
+    def flood() -> None:
+        while not stop.is_set():
+            try:
+                client.sock.sendall(data)
+            except OSError:
+                return
+
+    thread = threading.Thread(target=flood, name="flood", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(WAIT_S)
+
+
 def chat_from(lines: list[str], name: str) -> list[str]:
     """The texts of the chat lines from name."""
     return [m.text for m in map(parse_line, lines) if m.kind == "chat" and m.sender == name]

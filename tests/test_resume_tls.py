@@ -90,6 +90,16 @@ def drop(client: LineClient, how: str) -> None:
         client.close()
 
 
+def bob_away(server: ChatServer, how: str = "reset") -> tuple[str, LineClient]:
+    """Bob joins, then Alice; Bob's connection drops (how: reset or close).
+    Bob's resume code, and Alice, who has seen him lost."""
+    bob, code = join_with_code(server, "Bob")
+    (alice,) = pandas(server, "Alice")
+    drop(bob, how)
+    alice.expect(r"^\* lost: Bob ")
+    return code, alice
+
+
 def no_word_of(name: str, kinds: tuple[str, ...], *watchers: LineClient) -> None:
     for watcher in watchers:
         bad = [line for line in watcher.seen
@@ -151,10 +161,7 @@ def test_a_dropped_panda_comes_back_with_exactly_what_it_missed(how: str) -> Non
 
 def test_the_name_of_a_panda_away_stays_taken() -> None:
     with running_server(resume_window=RESUME_WINDOW_S) as server:
-        bob, code = join_with_code(server, "Bob")
-        (alice,) = pandas(server, "Alice")
-        bob.abort()
-        alice.expect(r"^\* lost: Bob ")
+        code, alice = bob_away(server)
         for spelled in ("Bob", "bOB"):
             newcomer = at_prompt(server)
             newcomer.send(spelled)
@@ -187,10 +194,7 @@ def test_after_the_window_the_panda_has_left_and_its_code_is_refused() -> None:
 
 def test_a_resume_code_works_once() -> None:
     with running_server(resume_window=RESUME_WINDOW_S) as server:
-        bob, code = join_with_code(server, "Bob")
-        (alice,) = pandas(server, "Alice")
-        bob.close()
-        alice.expect(r"^\* lost: Bob ")
+        code, alice = bob_away(server, "close")
         back = bob_comes_back(server, code, alice)
 
         again = try_resume(server, code)
@@ -205,10 +209,7 @@ def test_a_resume_code_works_once() -> None:
 
 def test_a_made_up_resume_code_is_refused_and_the_real_one_still_works() -> None:
     with running_server(resume_window=RESUME_WINDOW_S) as server:
-        bob, code = join_with_code(server, "Bob")
-        (alice,) = pandas(server, "Alice")
-        bob.abort()
-        alice.expect(r"^\* lost: Bob ")
+        code, alice = bob_away(server)
         near_miss = code[:-1] + ("A" if code[-1] != "A" else "B")
         for guess in ("A" * len(code), near_miss, code.lower() if code != code.lower()
                       else code.upper(), code[:-1], f"{code}x", ""):

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from chat_helpers import WAIT_S, LineClient, pandas, running_server, sync
+from chat_helpers import WAIT_S, LineClient, flooding, pandas, running_server, sync
 
 from panda_facts import FACTS
 from protocol import MAX_LINE_BYTES, parse_line
@@ -521,22 +521,8 @@ def test_no_name_in_time_gets_bye_and_a_close() -> None:
 def test_a_client_that_keeps_sending_but_never_names_itself_is_timed_out() -> None:
     with running_server(name_timeout=0.5) as server:
         flooder = prompt_client(server)
-        stop = threading.Event()
-
-        def flood() -> None:
-            chunk = b"z" * 65536  # one never-ending line: no newline, ever
-            while not stop.is_set():
-                try:
-                    flooder.sock.sendall(chunk)
-                except OSError:
-                    return
-
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pool.submit(flood)
-            try:
-                flooder.expect(r"^\* bye: ", timeout=3.0)
-            finally:
-                stop.set()
+        with flooding(flooder, b"z" * 65536):  # one never-ending line: no newline, ever
+            flooder.expect(r"^\* bye: ", timeout=3.0)
 
 
 def test_over_max_clients_the_extra_connection_gets_full_then_eof() -> None:
@@ -608,28 +594,14 @@ def test_close_says_shutdown_even_to_a_client_that_is_flooding() -> None:
     # within the 2 s a shutdown may take.
     with running_server(rate_limit=DEFAULT_RATE_LIMIT, burst=DEFAULT_BURST) as server:
         flooder, alice = pandas(server, "Flood", "Alice")
-        stop = threading.Event()
-
-        def flood() -> None:
-            lines = b"flood\n" * 1000
-            while not stop.is_set():
-                try:
-                    flooder.sock.sendall(lines)
-                except OSError:
-                    return
-
-        with ThreadPoolExecutor(max_workers=3) as pool:
-            try:
-                pool.submit(flood)
-                alice.expect(r"^Flood: flood$")  # the flood is on
-                endings = {name: pool.submit(client.read_until_eof)
-                           for name, client in [("Flood", flooder), ("Alice", alice)]}
-                server.close()
-                for name, ending in endings.items():
-                    rest = ending.result(timeout=WAIT_S * 2)
-                    assert rest and rest[-1].startswith("* shutdown: "), f"{name}: {rest[-3:]}"
-            finally:
-                stop.set()
+        with flooding(flooder, b"flood\n" * 1000), ThreadPoolExecutor(max_workers=2) as pool:
+            alice.expect(r"^Flood: flood$")  # the flood is on
+            endings = {name: pool.submit(client.read_until_eof)
+                       for name, client in [("Flood", flooder), ("Alice", alice)]}
+            server.close()
+            for name, ending in endings.items():
+                rest = ending.result(timeout=WAIT_S * 2)
+                assert rest and rest[-1].startswith("* shutdown: "), f"{name}: {rest[-3:]}"
 
 
 def test_shutdown_from_another_thread_ends_serve_forever() -> None:

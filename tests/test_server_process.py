@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from chat_helpers import WAIT_S, LineClient
+from chat_helpers import WAIT_S, LineClient, flooding
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = ROOT / "server3.py"
@@ -189,29 +189,16 @@ def test_a_signal_says_shutdown_to_everybody_and_exits_0(start_server: StartServ
     typing.expect(r"^\* name: ")
     typing.send_raw(b"Car")
     flooder = LineClient(address, "Flood")
-    stop = threading.Event()
-
-    def flood() -> None:
-        line = b"flood " + b"f" * 200 + b"\n"
-        while not stop.is_set():
-            try:
-                flooder.sock.sendall(line * 20)
-            except OSError:
-                return
-
     clients = [alice, bob, waiting, typing, flooder]
-    with ThreadPoolExecutor(max_workers=len(clients) + 1) as pool:
-        try:
-            pool.submit(flood)
-            alice.expect(r"^Flood: flood ")  # the flood is on
-            readers = [pool.submit(client.read_until_eof, START_S) for client in clients]
-            signalled = time.monotonic()
-            server.proc.send_signal(signum)
-            code = server.wait(STOP_S)
-            took = time.monotonic() - signalled
-            endings = [reader.result(timeout=START_S) for reader in readers]
-        finally:
-            stop.set()
+    with (flooding(flooder, (b"flood " + b"f" * 200 + b"\n") * 20),
+          ThreadPoolExecutor(max_workers=len(clients)) as pool):
+        alice.expect(r"^Flood: flood ")  # the flood is on
+        readers = [pool.submit(client.read_until_eof, START_S) for client in clients]
+        signalled = time.monotonic()
+        server.proc.send_signal(signum)
+        code = server.wait(STOP_S)
+        took = time.monotonic() - signalled
+        endings = [reader.result(timeout=START_S) for reader in readers]
     assert code == 0, server.stderr
     assert took <= STOP_S
     for name, rest in zip(["Alice", "Bob", "waiting", "typing", "Flood"], endings, strict=True):
