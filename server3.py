@@ -21,19 +21,28 @@ on them. Writing never blocks anybody:
   and threads do not fight over the GIL to send. The queue is bounded: past it,
   readers wait, which slows the senders (TCP pushes back), never the receivers.
   Answers to commands join the same queue: none overtakes what came before it.
+- Every input costs (FloodControl): each line, before and after the name, takes
+  a line token, and every byte read or sent in reply takes byte tokens. A reader
+  with no tokens left stops reading; TCP then slows that one sender down.
+- A connection ends almost without work in its own thread: it hands itself to
+  the Reaper, which removes, logs and announces ended connections in batches,
+  so that thousands ending at once do not queue for the same locks.
 
-Needs Linux, macOS or another system with MSG_DONTWAIT and poll(); on Windows run
-the server under WSL (the GUI client runs anywhere).
+Runs on Windows, macOS and Linux with the standard library alone. Sockets are
+non-blocking; each reader waits on its one socket (poll() where the platform has
+it, else select() on that socket alone), so no call ever passes more than one
+client socket to select(), which takes at most 512 on Windows.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import heapq
 import hmac
 import logging
-import resource
+import queue
 import secrets
 import select
 import selectors
@@ -47,7 +56,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import FrameType, TracebackType
+from types import FrameType, ModuleType, TracebackType
 
 from ascii_art import banner_lines, goodbye_lines
 from panda_facts import random_fact
@@ -67,6 +76,18 @@ from protocol import (
 )
 
 log = logging.getLogger("panda-chat")
+
+
+def _posix_resource() -> ModuleType | None:
+    """The resource module (the file-descriptor limit), where there is one: not on Windows."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource
+
+
+resource = _posix_resource()
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 12345
@@ -114,6 +135,44 @@ DEFAULT_HISTORY = 50
 # flooding the grove is slowed to a pace people can read.
 DEFAULT_RATE_LIMIT = 10.0
 DEFAULT_BURST = 50
+# Flood control counts bytes too (read, and sent in reply or grown by escaping),
+# so that a long line costs more than a short one. The burst holds one
+# accidental paste of 64 KiB (refused as over-long) plus a few full lines, so
+# the person's next line goes out at once; 4 KiB a second is a full-length line
+# every second, far more than anybody types, while 16 connections from one
+# address can push at most 64 KiB a second at each listener between bursts.
+FLOOD_BYTE_BURST = 64 * 1024 + 4 * MAX_LINE_BYTES
+FLOOD_BYTES_PER_S = 4096
+# Connections at once from one address (--max-per-address; IPv6: one /64): a
+# pupil needs one or two, a family laptop a few; a script needs thousands.
+DEFAULT_MAX_PER_ADDRESS = 16
+# Wrong resume codes: a connection that sends this many is closed; an address
+# whose connections send this many within RESUME_FAILURE_WINDOW_S is refused
+# further attempts until the window has passed. A person mistypes a code once
+# or twice; a 22-character random code is never guessed either way.
+RESUME_FAILURES_PER_CONNECTION = 5
+RESUME_FAILURES_PER_ADDRESS = 20
+RESUME_FAILURE_WINDOW_S = 60.0
+# TCP keepalive: a laptop that vanished (lid shut, Wi-Fi gone) without a FIN is
+# noticed after about 60 + 6 x 10 s instead of the kernel's two hours, so its
+# slot and its name come free.
+KEEPALIVE_IDLE_S = 60
+KEEPALIVE_INTERVAL_S = 10
+KEEPALIVE_PROBES = 6
+# Where a thread can only select() (Windows), a signal handler runs only
+# between waits: the accept loop and the readers wake this often to look
+# whether they were asked to stop. Where poll() exists they never need to.
+SELECT_WAKE_S = 0.5
+# Where the Flusher can only select(), it cannot wait on every full socket at
+# once (Windows' select takes 512): it retries the waiting backlogs this often.
+FLUSH_RETRY_S = 0.01
+# The Reaper ends at most this many connections per batch; above
+# REAP_LOG_EACH in a batch it logs one summary line instead of one per panda.
+REAP_BATCH = 1000
+REAP_LOG_EACH = 8
+# Log lines that a flood could repeat (refusals, wrong codes) are written at
+# most once per this many seconds per kind, with a count of those left out.
+LOG_EVERY_S = 1.0
 # A grove listing is split into lines of about this many characters.
 LISTING_LINE_CHARS = 400
 # On shutdown: how long the broadcast being sent may take to finish (one to
@@ -149,46 +208,136 @@ SHUTTING_DOWN = "server shutting down"
 PLAIN_ON_TLS_PORT = ("This grove speaks TLS. Connect with: python3 client3.py --tls, "
                      "or: openssl s_client -quiet -connect HOST:PORT")
 
-# send() that never waits, even on a blocking socket.
-_DONTWAIT = socket.MSG_DONTWAIT
+# Whether this platform has poll(): Linux, macOS and the BSDs do; Windows has
+# only select(), which takes at most 512 sockets per call in CPython's build.
+CAN_POLL = hasattr(select, "poll")
 
 
 def _pandas(count: int) -> str:
     return f"{count} panda{'' if count == 1 else 's'}"
 
 
-def _wait_readable(sock: socket.socket, timeout: float) -> bool:
-    """Wait up to timeout seconds for sock to have data (or EOF) to read."""
-    poller = select.poll()  # poll(), not select(): descriptors may be above 1024
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(max(0.0, timeout) * 1000))
+def wait_readable(sock: socket.socket, timeout: float | None) -> bool:
+    """Wait up to timeout seconds (None: for ever) for sock to have data or EOF.
+
+    One socket per call, so that this is cheap on every platform: poll() where
+    it exists (no limit on descriptor numbers, no descriptor of its own, as a
+    selectors.DefaultSelector per thread would need), else select() on that
+    one socket.
+    """
+    if timeout is not None:
+        timeout = max(0.0, timeout)
+    if CAN_POLL:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(None if timeout is None else timeout * 1000))
+    readable, _, _ = select.select([sock], [], [], timeout)
+    return bool(readable)
+
+
+def address_key(address: tuple[str, int] | tuple[str, int, int, int]) -> str:
+    """Whose connection this is, for per-address limits: the IPv4 address, or an
+    IPv6 address's /64 (one home or one machine gets a whole /64)."""
+    host = address[0].split("%")[0]
+    if host.startswith("::ffff:") and "." in host:
+        return host[len("::ffff:"):]  # an IPv4 client of a dual-stack listener
+    if ":" not in host:
+        return host
+    packed = socket.inet_pton(socket.AF_INET6, host)
+    return socket.inet_ntop(socket.AF_INET6, packed[:8] + bytes(8)) + "/64"
+
+
+def enable_keepalive(sock: socket.socket) -> None:
+    """Probe an idle peer so that one that vanished without a word is noticed in
+    minutes: with whatever knobs this platform has."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "SIO_KEEPALIVE_VALS"):  # Windows
+            sock.ioctl(socket.SIO_KEEPALIVE_VALS,  # type: ignore[attr-defined]
+                       (1, KEEPALIVE_IDLE_S * 1000, KEEPALIVE_INTERVAL_S * 1000))
+            return
+        idle = getattr(socket, "TCP_KEEPIDLE", getattr(socket, "TCP_KEEPALIVE", None))
+        for option, value in ((idle, KEEPALIVE_IDLE_S),
+                              (getattr(socket, "TCP_KEEPINTVL", None), KEEPALIVE_INTERVAL_S),
+                              (getattr(socket, "TCP_KEEPCNT", None), KEEPALIVE_PROBES)):
+            if option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    except OSError:
+        pass  # the peer is gone already; its reader will see it
 
 
 class TokenBucket:
-    """Flood control: on average rate lines a second, up to burst at once.
+    """rate tokens a second, up to burst saved: spend() may run into debt and
+    says how long until the debt is paid (0 when there is none).
 
-    wait() takes a token and returns 0, or returns how long until one is there.
     throttled is True from the first wait until the bucket is full again, so
     that a flooder hears "slow down" once per episode.
     """
 
-    def __init__(self, rate: float, burst: int) -> None:
+    def __init__(self, rate: float, burst: float) -> None:
         self.rate = rate
-        self.burst = max(1, burst)
-        self._tokens = float(self.burst)
+        self.burst = max(1.0, burst)
+        self._tokens = self.burst
         self._stamp = time.monotonic()
         self.throttled = False
 
-    def wait(self) -> float:
+    def spend(self, amount: float) -> float:
         now = time.monotonic()
         self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
         if self._tokens >= self.burst:
             self.throttled = False
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return 0.0
-        return (1 - self._tokens) / self.rate
+        self._tokens -= amount
+        return max(0.0, -self._tokens) / self.rate
+
+
+class FloodControl:
+    """What one connection may make the server do: lines, and bytes.
+
+    line() is called for every line, whatever it is; read(n) for the bytes of
+    every recv(); sent(n) for what the server sends because of a line (a reply,
+    or the growth of its text by escaping). Each returns how long the reader
+    must now wait before it reads or acts on anything more.
+    """
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.lines = TokenBucket(rate, burst)
+        self.bytes = TokenBucket(FLOOD_BYTES_PER_S, FLOOD_BYTE_BURST)
+
+    def line(self) -> float:
+        return self.lines.spend(1)
+
+    def read(self, count: int) -> float:
+        return self.bytes.spend(count)
+
+    def sent(self, count: int) -> float:
+        return self.bytes.spend(count)
+
+    def read_wait(self) -> float:
+        """How long until this connection may read again."""
+        return self.bytes.spend(0)
+
+
+class RateLimitedLog:
+    """Log lines that a flood could repeat: at most one per LOG_EVERY_S per
+    kind, the next one saying how many were left out."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+
+    def info(self, kind: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(kind, -LOG_EVERY_S) < LOG_EVERY_S:
+                self._skipped[kind] = self._skipped.get(kind, 0) + 1
+                return
+            self._last[kind] = now
+            skipped = self._skipped.pop(kind, 0)
+        if skipped:
+            message += f" (and {skipped} more like it since the last such line)"
+        log.info(message, *args)
 
 
 class Client:
@@ -197,7 +346,7 @@ class Client:
     Its own thread reads with read_lines(); anybody writes with send(), which
     never blocks and keeps order; the Flusher calls flush() when the socket can
     take more of the backlog. hang_up() wakes the reader so that its thread can
-    finish; close() is the last thing that thread does.
+    finish; the Reaper then calls close() and sets ended.
 
     A panda whose connection dropped can stay in the grove "away" (go_away()):
     what is sent to it then is kept, bounded, as missed lines, until a new
@@ -209,7 +358,11 @@ class Client:
         self.sock = sock
         self.fileno = sock.fileno()
         self.address = address
+        self.address_key = address_key(address)
         self.tls = tls
+        self.flood: FloodControl | None = None  # None: flood control is off
+        self.resume_failures = 0
+        self.ended = threading.Event()  # set once the Reaper has finished this connection
         self.name = ""
         self.thread: threading.Thread | None = None
         self.drop_reason = ""  # why the server hung up, when it did
@@ -237,14 +390,13 @@ class Client:
 
     # --- reading: only the client's own thread -----------------------------
 
-    def read_lines(self, timeout: float | None = None) -> list[str | object] | None:
-        """The lines one recv() brings; None at EOF; TimeoutError after timeout."""
+    def read_lines(self, timeout: float | None = None) -> tuple[list[str | object], int] | None:
+        """The lines one recv() brings and the bytes it read; None at EOF;
+        TimeoutError after timeout."""
         if self._early_lines:
             early, self._early_lines = self._early_lines, []
-            return early
-        if timeout is not None and (timeout <= 0 or not _wait_readable(self.sock, timeout)):
-            raise TimeoutError  # a deadline that passed stays passed, even if data comes
-        raw = self.sock.recv(RECV_BYTES)
+            return early, 0
+        raw = self._receive(timeout)
         if self.tls is not None:
             data = self._decrypt(raw)
         elif raw.startswith(b"\x16\x03") and not self._heard:
@@ -252,7 +404,25 @@ class Client:
         else:
             data = raw or None
         self._heard = True
-        return None if data is None else list(self._framer.feed(data))
+        return None if data is None else (list(self._framer.feed(data)), len(raw))
+
+    def _receive(self, timeout: float | None) -> bytes:
+        """One recv() of what has come (b"" at EOF), waiting up to timeout for it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError  # a deadline that passed stays passed, even if data comes
+            if CAN_POLL:
+                ready = wait_readable(self.sock, left)
+            else:  # select(): look now and then whether hang_up() closed us
+                ready = wait_readable(self.sock, SELECT_WAKE_S if left is None
+                                      else min(left, SELECT_WAKE_S)) or self._closed
+            if ready:
+                try:
+                    return self.sock.recv(RECV_BYTES)
+                except BlockingIOError:
+                    continue  # woken for nothing (or the data went to TLS)
 
     def _decrypt(self, raw: bytes) -> bytes | None:
         assert self.tls is not None
@@ -282,14 +452,12 @@ class Client:
                 self._early_lines = list(self._framer.feed(early or b""))
                 return
             wait = deadline - time.monotonic()
-            if first and not _wait_readable(self.sock, min(wait, TLS_SILENCE_S)):
+            if first and not wait_readable(self.sock, min(wait, TLS_SILENCE_S)):
                 if wait > TLS_SILENCE_S:  # a TLS client speaks first: this one is a person
                     self.send_plain(encode_line(system_line("error", PLAIN_ON_TLS_PORT)))
                     raise WrongProtocol("a plain-text client came to the TLS port")
                 raise TimeoutError
-            if not _wait_readable(self.sock, deadline - time.monotonic()):
-                raise TimeoutError
-            raw = self.sock.recv(RECV_BYTES)
+            raw = self._receive(deadline - time.monotonic())
             if first and raw[:1] not in (b"\x16", b""):
                 self.send_plain(encode_line(system_line("error", PLAIN_ON_TLS_PORT)))
                 raise WrongProtocol("a plain-text client came to the TLS port")
@@ -306,6 +474,11 @@ class Client:
         if started_backlog:
             self._flusher.watch(self)
 
+    def charge(self, count: int) -> None:
+        """Count count bytes sent because of this client against its flood control."""
+        if self.flood is not None:
+            self.flood.sent(count)
+
     # --- writing: anybody, through here only -------------------------------
 
     def send(self, data: bytes) -> None:
@@ -317,7 +490,11 @@ class Client:
             if self._closed or not self._ready:
                 return
             if self.tls is not None:
-                data = self.tls.encrypt(data)
+                try:
+                    data = self.tls.encrypt(data)
+                except ssl.SSLError:  # the peer closed TLS; its reader has seen it
+                    self._hang_up_locked("TLS closed")
+                    return
             started_backlog = self._queue_locked(data)
         if started_backlog:
             self._flusher.watch(self)
@@ -365,9 +542,9 @@ class Client:
             return self._closed or not self._backlog
 
     def _send_now(self, data: bytes) -> int:
-        """One non-blocking send; the caller holds the lock."""
+        """One send on the non-blocking socket; the caller holds the lock."""
         try:
-            return self.sock.send(data, _DONTWAIT)
+            return self.sock.send(data)
         except BlockingIOError:
             return 0
         except OSError as exc:  # the peer is gone; its reader will see EOF
@@ -406,13 +583,16 @@ class Client:
             self._missed = None
             self.sock, self.fileno, self.address = new.sock, new.fileno, new.address
             self.tls, self._framer, self.thread = new.tls, new._framer, new.thread
+            self.address_key, self.flood, self.ended = new.address_key, new.flood, new.ended
             self._closed, self._ready, self.drop_reason = False, True, ""
             self._backlog, new._backlog = new._backlog, deque()
             self._backlog_bytes, new._backlog_bytes = new._backlog_bytes, 0
             new._closed = True  # the connection is this client's now
             new.successor = self
+            # Split at "\n" alone: str.splitlines() also splits at U+2028 and
+            # others, which would let chat text start a line of its own.
             data = greeting + b"".join(encode_line(system_line("missed", line))
-                                       for line in missed.splitlines())
+                                       for line in missed.split("\n") if line)
             if self.tls is not None:
                 data = self.tls.encrypt(data)
             started_backlog = self._queue_locked(data)
@@ -448,10 +628,15 @@ class Client:
         self._flusher.watch(self)  # so that it forgets this client
         if abort:
             try:  # a reset frees the kernel's buffers at once
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
             except OSError:
                 pass  # already disconnected
         sock.close()
+
+
+# struct linger {on, seconds}: on, 0 s, so that close() resets. Windows' fields
+# are two u_shorts, everybody else's two ints.
+_LINGER_RESET = struct.pack("HH" if sys.platform == "win32" else "ii", 1, 0)
 
 
 class WrongProtocol(Exception):
@@ -509,16 +694,80 @@ class Scheduler:
             log.exception("scheduled job failed")
 
 
+Ended = tuple[Client, str]  # a connection that ended, and why
+
+
+class Reaper:
+    """The one thread that finishes ended connections, in batches.
+
+    A connection's own thread, when its connection ends, only calls put() (a
+    C-level queue append, no lock of ours) and returns. The reaper takes what
+    ended as one batch (up to REAP_BATCH) and hands it to finish(batch), so
+    that when thousands of connections end at once the locks, the log and the
+    announcements are worked through by one thread, not fought over by all.
+    """
+
+    def __init__(self, finish: Callable[[list[Ended]], None]) -> None:
+        self._finish = finish
+        self._ended: queue.SimpleQueue[Ended | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="reaper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, client: Client, reason: str) -> None:
+        self._ended.put((client, reason))
+
+    def stop(self, timeout: float) -> None:
+        """Finish what ended so far, within timeout, and end the thread."""
+        self._ended.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        # No local names here: a batch kept until the next one would keep its
+        # clients alive.
+        while self._finish_batch(self._next_batch()):
+            pass
+
+    def _next_batch(self) -> list[Ended | None]:
+        batch = [self._ended.get()]
+        while len(batch) < REAP_BATCH and batch[-1] is not None:
+            try:
+                batch.append(self._ended.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _finish_batch(self, batch: list[Ended | None]) -> bool:
+        """Finish the batch; False when it ends with the stop mark."""
+        ended = [item for item in batch if item is not None]
+        try:
+            if ended:
+                self._finish(ended)
+        except Exception:
+            log.exception("finishing %d connections failed", len(ended))
+        return batch[-1] is not None
+
+
 class Flusher:
     """The one thread that writes backlogs out.
 
     watch(client) hands it a client whose socket was full (or that closed);
     it waits until the socket can take more and calls client.flush() until the
     backlog is empty. Only this thread touches its selector.
+
+    Where the platform can wait on many sockets at once (epoll, kqueue, poll),
+    it waits on the full ones. Where it has only select() (Windows: at most 512
+    sockets a call), it waits on its wake-up socket alone and, while backlogs
+    wait, tries each of them again every FLUSH_RETRY_S: a send the kernel
+    refuses costs microseconds, and a classroom has few slow readers at a time.
     """
 
     def __init__(self) -> None:
         self._selector = selectors.DefaultSelector()
+        self._retrying: dict[int, Client] | None = (  # select() only: the waiting backlogs
+            {} if isinstance(self._selector, selectors.SelectSelector) else None)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -558,8 +807,18 @@ class Flusher:
 
     def _run(self) -> None:
         while not self._stopping:
-            self._flush_ready(self._selector.select())
+            if self._retrying is None:
+                self._flush_ready(self._selector.select())
+            else:
+                self._flush_ready(self._selector.select(FLUSH_RETRY_S if self._retrying else None))
+                self._retry_backlogs()
             self._take_handed()
+
+    def _retry_backlogs(self) -> None:
+        assert self._retrying is not None
+        for fileno, client in list(self._retrying.items()):
+            if client.flush():
+                del self._retrying[fileno]
 
     def _flush_ready(self, ready: list[tuple[selectors.SelectorKey, int]]) -> None:
         # A function of its own, so that no client stays referred to by a loop
@@ -581,6 +840,12 @@ class Flusher:
         with self._lock:
             handed, self._handed = self._handed, []
         for client in handed:
+            if self._retrying is not None:
+                if not client.flush():
+                    self._retrying[client.fileno] = client
+                elif self._retrying.get(client.fileno) is client:
+                    del self._retrying[client.fileno]
+                continue
             key = self._selector.get_map().get(client.fileno)
             if key is not None and key.data is not client:
                 # A closed client's descriptor number was reused: forget the old one.
@@ -595,7 +860,7 @@ class Flusher:
                 except (OSError, ValueError):
                     pass  # closed meanwhile: nothing to flush
         with self._lock:
-            if not self._handed and len(self._selector.get_map()) == 1:
+            if not self._handed and len(self._selector.get_map()) == 1 and not self._retrying:
                 self.idle.set()
 
 
@@ -627,6 +892,8 @@ class Broadcaster:
         self._queued_bytes = 0
         self._sending = False  # somebody is sending a broadcast now
         self._stopping = False
+        self._put_count = 0  # items put, and items sent, ever: for sync()
+        self._sent_count = 0
         self._thread = threading.Thread(target=self._run, name="broadcaster", daemon=True)
 
     def start(self) -> None:
@@ -639,11 +906,13 @@ class Broadcaster:
                 self._room.wait()
             if self._stopping:
                 return
+            self._put_count += 1
             if self._sending or self._queue:
                 self._queue.append((data, exclude, listeners))
                 self._queued_bytes += len(data)
                 return
             self._sending = True
+        batch: list[BroadcastItem] = []
         try:
             _send_items([(data, exclude, listeners)])
             # One batch of what queued meanwhile goes now, without waking the
@@ -653,7 +922,16 @@ class Broadcaster:
                 batch = self._take_batch_locked()
             _send_items(batch)
         finally:
-            self._done_sending()
+            self._done_sending(1 + len(batch))
+
+    def sync(self, timeout: float) -> None:
+        """Wait, up to timeout, until everything put before this call was sent."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            target = self._put_count
+            while (self._sent_count < target and not self._stopping
+                   and self._work.wait(max(0.0, deadline - time.monotonic()))):
+                pass
 
     def stop(self, timeout: float) -> None:
         """Drop what is queued, and wait up to timeout for the broadcast being
@@ -706,12 +984,13 @@ class Broadcaster:
         except Exception:
             log.exception("broadcast failed")
         finally:
-            self._done_sending()
+            self._done_sending(len(batch))
 
-    def _done_sending(self) -> None:
+    def _done_sending(self, count: int) -> None:
         with self._lock:
             self._sending = False
-            self._work.notify_all()  # the thread, for what queued; or stop()
+            self._sent_count += count
+            self._work.notify_all()  # the thread, for what queued; stop(); sync()
 
 
 def _send_items(items: list[BroadcastItem]) -> None:
@@ -748,7 +1027,8 @@ class Grove:
         self.broadcaster = Broadcaster()
         self._lock = threading.Lock()
         self._members: dict[str, Client] = {}
-        self._away: set[Client] = set()  # members whose connection dropped
+        self._away: dict[Client, str] = {}  # members whose connection dropped: address_key
+        self._away_per_address: dict[str, int] = {}
         self._listeners: dict[Client, None] = {}  # an ordered set
         # What broadcast() walks: a copy of _listeners, made again only when a
         # broadcast finds it out of date, so that a change costs O(1).
@@ -777,7 +1057,7 @@ class Grove:
             if self._members.get(name_key(client.name)) is not client:
                 return None
             del self._members[name_key(client.name)]
-            self._away.discard(client)
+            self._forget_away_locked(client)
             self._listeners.pop(client, None)
             self._snapshot = None
             return len(self._members) - len(self._away)
@@ -810,17 +1090,30 @@ class Grove:
         with self._lock:
             return len(self._members) - len(self._away)
 
-    def mark_away(self, client: Client) -> bool:
-        """Note that client's connection dropped; False when too many are away already."""
+    def mark_away(self, client: Client, per_address: int) -> bool:
+        """Note that client's connection dropped; False when too many are away
+        already, in all (MAX_AWAY) or from client's address (per_address), so
+        that pandas from one address cannot take every other panda's room."""
+        key = client.address_key
         with self._lock:
-            if len(self._away) >= MAX_AWAY:
+            from_there = self._away_per_address.get(key, 0)
+            if len(self._away) >= MAX_AWAY or from_there >= per_address:
                 return False
-            self._away.add(client)
+            self._away[client] = key
+            self._away_per_address[key] = from_there + 1
             return True
 
     def mark_back(self, client: Client) -> None:
         with self._lock:
-            self._away.discard(client)
+            self._forget_away_locked(client)
+
+    def _forget_away_locked(self, client: Client) -> None:
+        key = self._away.pop(client, None)
+        if key is not None:
+            if (left := self._away_per_address[key] - 1) > 0:
+                self._away_per_address[key] = left
+            else:
+                del self._away_per_address[key]
 
     def find(self, name: str) -> Client | None:
         with self._lock:
@@ -860,14 +1153,17 @@ class Command:
 
 
 def _reply(server: ChatServer, client: Client, kind: str, text: str) -> None:
-    """An answer to a panda in the grove: in order after what it was sent before."""
-    server.grove.tell(client, encode_line(system_line(kind, text)))
+    """An answer to a panda in the grove: in order after what it was sent
+    before, and paid for by it (flood control counts what it makes us send)."""
+    server.answer(client, encode_line(system_line(kind, text)))
 
 
 def _tell_now(client: Client, kind: str, text: str) -> None:
     """Straight to the socket: for a connection not in the grove (yet), or one
-    about to close, which a queued line might not reach in time."""
-    client.send(encode_line(system_line(kind, text)))
+    about to close, which a queued line might not reach in time; paid for."""
+    data = encode_line(system_line(kind, text))
+    client.charge(len(data))
+    client.send(data)
 
 
 def do_bamboo(server: ChatServer, client: Client, arg: str) -> None:
@@ -875,11 +1171,11 @@ def do_bamboo(server: ChatServer, client: Client, arg: str) -> None:
 
 
 def do_grove(server: ChatServer, client: Client, arg: str) -> None:
-    server.grove.tell(client, server.grove_listing())
+    server.answer(client, server.grove_listing())
 
 
 def do_help(server: ChatServer, client: Client, arg: str) -> None:
-    server.grove.tell(client, b"".join(
+    server.answer(client, b"".join(
         encode_line(system_line("help", f"{word} - {command.help}"))
         for word, command in COMMANDS.items()))
 
@@ -896,7 +1192,9 @@ def do_whisper(server: ChatServer, client: Client, arg: str) -> None:
         _reply(server, client, "error", f"There is no panda called {clean_text(name)} here. "
                                         "@grove lists who is here.")
     else:  # in order after what client said before, like everything told
-        _reply(server, target, "whisper", chat_line(client.name, text))
+        whisper = encode_line(system_line("whisper", chat_line(client.name, text)))
+        client.charge(len(whisper))  # the whisperer pays for what it makes us send
+        server.grove.tell(target, whisper)
         _reply(server, client, "whispered", f"to {chat_line(target.name, text)}")
 
 
@@ -925,6 +1223,10 @@ def unknown_command_reply(word: str) -> str:
 # --- The server -----------------------------------------------------------------
 
 
+class ServerStopping(Exception):
+    """Raised in a connection's thread that was waiting when the server began to stop."""
+
+
 class ChatServer:
     """The Panda Chat server.
 
@@ -935,18 +1237,21 @@ class ChatServer:
     by the process's exit, their goodbye already sent). Used as a context
     manager, leaving the block calls close().
 
-    Settings are the keyword arguments: max_clients, name_timeout (seconds),
-    history (chat lines replayed to newcomers, 0 for none), rate_limit and
-    burst (flood control; a rate_limit of 0 turns it off), resume_window
-    (seconds a dropped panda may come back in; 0 for never) and tls (an
-    ssl.SSLContext to serve TLS). Policies that change what others see are
-    off by default here, so that a program embedding the server opts in;
-    the command line (main) turns flood control and resume on.
-    address is the (host, port) actually bound; port 0 picks a free port.
+    Settings are the keyword arguments: max_clients, max_per_address
+    (connections at once from one address, 0 for no limit), name_timeout
+    (seconds), history (chat lines replayed to newcomers, 0 for none),
+    rate_limit and burst (flood control; a rate_limit of 0 turns it all off),
+    resume_window (seconds a dropped panda may come back in; 0 for never) and
+    tls (an ssl.SSLContext to serve TLS). Policies that change what others see
+    are off by default here, so that a program embedding the server opts in;
+    the command line (main) turns flood control, the per-address limit and
+    resume on. address is the (host, port) actually bound; port 0 picks a
+    free port.
     """
 
     def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
                  max_clients: int = DEFAULT_MAX_CLIENTS,
+                 max_per_address: int = 0,
                  name_timeout: float = DEFAULT_NAME_TIMEOUT_S,
                  history: int = DEFAULT_HISTORY,
                  rate_limit: float = 0.0, burst: int = DEFAULT_BURST,
@@ -958,6 +1263,7 @@ class ChatServer:
         self._listener.setblocking(False)
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
         self.max_clients = min(max_clients, descriptor_capacity())
+        self.max_per_address = max_per_address
         self.name_timeout = name_timeout
         self.rate_limit = rate_limit
         self.resume_window = resume_window
@@ -971,8 +1277,13 @@ class ChatServer:
         self._stopping = threading.Event()
         self.grove = Grove()
         self._flusher = Flusher()
+        self._reaper = Reaper(self._finish_batch)
         self._connections: set[Client] = set()
+        self._per_address: dict[str, int] = {}  # connections now, by address_key
         self._connections_lock = threading.Lock()
+        self._resume_failures: dict[str, tuple[float, int]] = {}  # address: window start, count
+        self._resume_failures_lock = threading.Lock()
+        self._flood_log = RateLimitedLog()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -996,16 +1307,29 @@ class ChatServer:
 
     def serve_forever(self) -> None:
         """Accept connections until shutdown() is called."""
-        with self._serving, selectors.DefaultSelector() as selector:
+        with self._serving:
             self._flusher.start()
             self._scheduler.start()
+            self._reaper.start()
             self.grove.broadcaster.start()
-            selector.register(self._listener, selectors.EVENT_READ)
-            selector.register(self._wake_r, selectors.EVENT_READ)
             while not self._stop_requested:
-                for key, _ in selector.select():
-                    if key.fileobj is self._listener:
-                        self._accept_waiting()
+                if self._wait_for_connections():
+                    self._accept_waiting()
+
+    def _wait_for_connections(self) -> bool:
+        """Wait until the listener has connections (True) or shutdown() was called.
+
+        With poll(), shutdown() ends the wait at once through the wake-up
+        socket. With select() alone (Windows) the listener is the one socket
+        waited on, and the wait ends every SELECT_WAKE_S, since a signal
+        handler (Ctrl+C) runs there only between waits.
+        """
+        if not CAN_POLL:
+            return wait_readable(self._listener, SELECT_WAKE_S)
+        poller = select.poll()
+        poller.register(self._listener, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        return any(fd == self._listener.fileno() for fd, _ in poller.poll())
 
     def shutdown(self) -> None:
         """Make serve_forever() return; safe from any thread or a signal handler."""
@@ -1028,14 +1352,15 @@ class ChatServer:
             self._start_connection(sock, address)
 
     def _start_connection(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        sock.setblocking(False)  # sends never wait; readers wait in wait_readable()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle delays
+        enable_keepalive(sock)
         tls = TlsSession(self.tls, server_side=True) if self.tls is not None else None
         client = Client(sock, address, self._flusher, tls)
-        with self._connections_lock:
-            full = len(self._connections) >= self.max_clients
-            if not full:
-                self._connections.add(client)
-        if not full:
+        if self.rate_limit > 0:
+            client.flood = FloodControl(self.rate_limit, self.burst)
+        refusal = self._register(client)
+        if refusal is None:
             client.thread = threading.Thread(target=self._serve_client, args=(client,),
                                              name=f"panda {address[0]}:{address[1]}",
                                              daemon=True)
@@ -1043,13 +1368,39 @@ class ChatServer:
                 client.thread.start()
                 return
             except RuntimeError:  # the system would not give us another thread
-                with self._connections_lock:
-                    self._connections.discard(client)
-        log.warning("refused %s:%s: the grove is full (%d connections)",
-                    address[0], address[1], self.max_clients)
-        _tell_now(client, "full", f"The grove is full ({_pandas(self.max_clients)}). "
-                                  "Please try again later.")
+                self._unregister([client])
+                refusal = (f"The grove is full ({_pandas(self.max_clients)}). "
+                           "Please try again later.")
+        self._flood_log.info(f"full {client.address_key}", "refused %s: %s",
+                             client.address_key, refusal)
+        _tell_now(client, "full", refusal)
         client.close()
+
+    def _register(self, client: Client) -> str | None:
+        """Count client's connection in; why not when there is no room for it."""
+        key = client.address_key
+        with self._connections_lock:
+            if len(self._connections) >= self.max_clients:
+                return (f"The grove is full ({_pandas(self.max_clients)}). "
+                        "Please try again later.")
+            if self.max_per_address and self._per_address.get(key, 0) >= self.max_per_address:
+                return (f"Too many connections from your address ({self.max_per_address} at "
+                        "most per address; everybody behind one router shares one). "
+                        "Close one and try again.")
+            self._connections.add(client)
+            self._per_address[key] = self._per_address.get(key, 0) + 1
+        return None
+
+    def _unregister(self, clients: list[Client]) -> None:
+        with self._connections_lock:
+            for client in clients:
+                if client in self._connections:
+                    self._connections.discard(client)
+                    key = client.address_key
+                    if (left := self._per_address[key] - 1) > 0:
+                        self._per_address[key] = left
+                    else:
+                        del self._per_address[key]
 
     # --- one connection: setup, handle, finish --------------------------------
 
@@ -1057,6 +1408,8 @@ class ChatServer:
         reason = "connection closed"
         try:
             reason = self._converse(client)
+        except ServerStopping:
+            reason = SHUTTING_DOWN
         except WrongProtocol as exc:
             log.info("%r: %s", client, exc)
             reason = str(exc)
@@ -1072,7 +1425,8 @@ class ChatServer:
             member = client.successor or client  # after a resume, the panda it resumed
             # Why the server hung up explains the end, unless the panda said goodbye
             # (and closed before its goodbye art had been sent).
-            self._finish(member, reason if reason == GOODBYE else member.drop_reason or reason)
+            self._reaper.put(member, reason if reason == GOODBYE
+                             else member.drop_reason or reason)
 
     def _converse(self, client: Client) -> str:
         if client.tls is not None:
@@ -1090,19 +1444,62 @@ class ChatServer:
             self._welcome(client)
         return self._chat(member, lines)
 
+    def _read(self, client: Client, deadline: float | None = None,
+              ) -> list[str | object] | None:
+        """The next lines from client, None at EOF; TimeoutError past deadline.
+
+        Read only what flood control allows: a reader over its byte budget
+        waits first, and meanwhile TCP pushes back on that client alone.
+        """
+        if client.flood is not None:
+            self._pause(client.flood.read_wait())
+        got = client.read_lines(None if deadline is None else deadline - time.monotonic())
+        if got is None:
+            return None
+        lines, count = got
+        if client.flood is not None:
+            client.flood.read(count)
+        return lines
+
+    def _pause(self, delay: float) -> None:
+        """Wait delay seconds, unless the server stops meanwhile (ServerStopping)."""
+        if delay > 0 and self._stopping.wait(delay):
+            raise ServerStopping
+
+    def _pay_for_line(self, client: Client, chat: list[str] | None = None) -> None:
+        """Take one line from client's flood control, waiting until it allows
+        one more; what chat was gathered before the wait goes out first."""
+        if client.flood is None or (delay := client.flood.line()) <= 0:
+            return
+        if chat:
+            self._relay(client, chat)
+            chat.clear()
+        if not client.flood.lines.throttled:
+            client.flood.lines.throttled = True
+            self._flood_log.info("slow", "slow %r: over %g lines a second", client,
+                                 client.flood.lines.rate)
+            notice = (f"Slow down! Over {client.flood.lines.rate:g} lines a second; "
+                      "your lines are queued and will all be delivered.")
+            if client.name:
+                _reply(self, client, "slow", notice)
+            else:
+                _tell_now(client, "slow", notice)
+        self._pause(delay)
+
     def _ask_name(self, client: Client) -> str | tuple[Client, list[str | object]]:
         """Prompt until a good name or a resume; then the panda to chat as and
         the lines after the name, else why the client left."""
         deadline = time.monotonic() + self.name_timeout
         while True:
             try:
-                lines = client.read_lines(deadline - time.monotonic())
+                lines = self._read(client, deadline)
             except TimeoutError:
                 _tell_now(client, "bye", f"No name within {self.name_timeout:g} seconds; goodbye.")
                 return "no name in time"
             if lines is None:
                 return "left before choosing a name"
             for index, line in enumerate(lines):
+                self._pay_for_line(client)  # every line costs, even an empty one
                 if line is LINE_TOO_LONG:
                     self._refuse_name(client, "That was far too long for a name.")
                     continue
@@ -1116,9 +1513,12 @@ class ChatServer:
                     return "left before choosing a name"
                 if word.lower() == "@resume":
                     member = self._resume(client, arg.strip())
-                    if member is None:
-                        continue
-                    return member, lines[index + 1:]
+                    if member is not None:
+                        return member, lines[index + 1:]
+                    if client.resume_failures >= RESUME_FAILURES_PER_CONNECTION:
+                        _tell_now(client, "bye", "Too many wrong resume codes; goodbye.")
+                        return "too many wrong resume codes"
+                    continue
                 problem = name_problem(name) or self.grove.add(client, name)
                 if problem:
                     self._refuse_name(client, problem)
@@ -1126,7 +1526,9 @@ class ChatServer:
                 return client, lines[index + 1:]
 
     def _refuse_name(self, client: Client, reason: str) -> None:
-        client.send(encode_line(system_line("error", reason)) + self._prompt)
+        data = encode_line(system_line("error", reason)) + self._prompt
+        client.charge(len(data))
+        client.send(data)
 
     def _welcome(self, client: Client) -> None:
         name = client.name
@@ -1152,31 +1554,28 @@ class ChatServer:
 
     def _chat(self, client: Client, lines: list[str | object]) -> str:
         """Relay chat and run commands until the client leaves; why it left."""
-        bucket = TokenBucket(self.rate_limit, self.burst) if self.rate_limit > 0 else None
         while not self._stopping.is_set():
-            reason = self._handle_lines(client, lines, bucket)
+            reason = self._handle_lines(client, lines)
             if reason:
                 return reason
-            next_lines = client.read_lines()
+            next_lines = self._read(client)
             if next_lines is None:
                 return "connection closed"
             lines = next_lines
         return SHUTTING_DOWN
 
-    def _handle_lines(self, client: Client, lines: list[str | object],
-                      bucket: TokenBucket | None) -> str | None:
+    def _handle_lines(self, client: Client, lines: list[str | object]) -> str | None:
         """Act on one batch of lines; chat lines go out as one write per receiver."""
         chat: list[str] = []
         for line in lines:
-            if isinstance(line, str) and not line.strip():
-                continue  # nothing to say is never broadcast, and costs no token
-            if bucket is not None and not self._take_token(client, bucket, chat):
-                return SHUTTING_DOWN
+            self._pay_for_line(client, chat)  # every line costs, even an empty one
             if not isinstance(line, str):
                 _reply(self, client, "error", f"That line was over {MAX_LINE_BYTES} bytes, "
                                               "so it was dropped.")
+            elif not line.strip():
+                continue  # nothing to say is never broadcast
             elif not line.startswith("@"):
-                chat.append(chat_line(client.name, clean_text(line.rstrip())))
+                chat.append(self._chat_line(client, line.rstrip()))
             else:
                 self._relay(client, chat)  # what was said before a command goes first
                 chat = []
@@ -1185,6 +1584,16 @@ class ChatServer:
                     return reason
         self._relay(client, chat)
         return None
+
+    @staticmethod
+    def _chat_line(client: Client, text: str) -> str:
+        """client's chat line; escaping that made it longer is paid for, so
+        that a line of control characters costs what it sends."""
+        clean = clean_text(text)
+        if len(clean) != len(text):
+            client.charge(len(clean.encode(ENCODING, errors="replace"))
+                          - len(text.encode(ENCODING, errors="replace")))
+        return chat_line(client.name, clean)
 
     def _relay(self, client: Client, chat: list[str]) -> None:
         if not chat:
@@ -1199,23 +1608,11 @@ class ChatServer:
             listeners = self.grove.listeners()
         self.grove.broadcast(data, client, listeners)
 
-    def _take_token(self, client: Client, bucket: TokenBucket, chat: list[str]) -> bool:
-        """Hold this reader back until the flood control allows one more line.
-
-        While it waits it reads nothing, so TCP pushes back on the flooder and
-        nothing it sent is lost. False when the server stops meanwhile.
-        """
-        while (delay := bucket.wait()) > 0:
-            self._relay(client, chat)  # what came before the wait goes out now
-            chat.clear()
-            if not bucket.throttled:
-                bucket.throttled = True
-                log.info("slow %s: over %g lines a second", client.name, bucket.rate)
-                _reply(self, client, "slow", f"Slow down! Over {bucket.rate:g} lines a second; "
-                                             "your lines are queued and will all be delivered.")
-            if self._stopping.wait(delay):
-                return False
-        return True
+    def answer(self, client: Client, data: bytes) -> None:
+        """Send data to client in order after what the grove said before, and
+        count it against client's flood control: the asker pays for answers."""
+        client.charge(len(data))
+        self.grove.tell(client, data)
 
     def _run_command(self, client: Client, text: str) -> str | None:
         word, _, arg = text.partition(" ")
@@ -1224,6 +1621,8 @@ class ChatServer:
             _reply(self, client, "error", unknown_command_reply(word))
             return None
         return command.run(self, client, arg.strip())
+
+    # --- resume -------------------------------------------------------------
 
     def _resume_line(self, client: Client) -> bytes:
         if not self.resume_window:
@@ -1235,71 +1634,140 @@ class ChatServer:
 
     def _resume(self, client: Client, code: str) -> Client | None:
         """Let client's connection carry on as the panda with that resume code."""
+        if self._resume_refused(client):
+            return None
         new_code = secrets.token_urlsafe(RESUME_CODE_BYTES)
         member = self.grove.claim_by_code(code, new_code) if code else None
-        if member is not None and not member.away:
-            # Its old connection is still open (half-open): end it, then take over.
-            member.hang_up("resumed from another connection")
-            if (thread := member.thread) is not None:  # None once it has ended
-                thread.join(RESUME_TAKEOVER_S)
-        if member is None or not member.away:
+        if member is None:
+            self._count_resume_failure(client)
             self._refuse_name(client, "That resume code is wrong or has expired; "
                                       "choose a name to join afresh.")
             return None
-        with self._connections_lock:
-            self._connections.discard(client)
+        if not member.away and not self._take_over(member, client):
+            self._refuse_name(client, "That panda's connection is still closing; "
+                                      "try again in a moment.")
+            return None
+        self._unregister([client])
+        with self._connections_lock:  # client's connection is member's now: counted as it was
             self._connections.add(member)
+            self._per_address[client.address_key] = (
+                self._per_address.get(client.address_key, 0) + 1)
         member.adopt(client, encode_line(system_line(
             "welcome", f"Welcome back to the grove, {member.name}! Here is what you missed."))
             + self._resume_line(member))
         self.grove.mark_back(member)
-        log.info("back %s", member.name)
+        log.info("back %s from %s", member.name, member.address_key)
         self.grove.tell(member, self.grove_listing())
         self._announce(self.grove.count(), "back", f"{member.name} is back.", exclude=member)
         return member
+
+    def _take_over(self, member: Client, client: Client) -> bool:
+        """End member's connection, which is still open (half-open, or simply
+        another window): it is told why, first. True once member is away."""
+        ended = member.ended
+        displaced = encode_line(system_line(
+            "bye", f"Your name {member.name} was resumed from another connection "
+                   f"({client.address_key}), so this one is closed."))
+        client.charge(len(displaced))  # the resumer pays, not the panda it displaces
+        member.send(displaced)
+        member.hang_up("resumed from another connection")
+        ended.wait(RESUME_TAKEOVER_S)
+        # What was queued for the old connection is sent (or kept as missed)
+        # before the new one is adopted: none of it goes to the new connection live.
+        self.grove.broadcaster.sync(RESUME_TAKEOVER_S)
+        return member.away
+
+    def _resume_refused(self, client: Client) -> bool:
+        """True (and client told) when client's address sent too many wrong codes lately."""
+        now = time.monotonic()
+        with self._resume_failures_lock:
+            start, count = self._resume_failures.get(client.address_key, (now, 0))
+            refused = count >= RESUME_FAILURES_PER_ADDRESS and now - start < RESUME_FAILURE_WINDOW_S
+        if refused:
+            self._flood_log.info("resume refused", "resume refused for %s: %d wrong codes "
+                                 "within %g s", client.address_key, count,
+                                 RESUME_FAILURE_WINDOW_S)
+            client.resume_failures += 1
+            self._refuse_name(client, "Too many wrong resume codes from your address; "
+                                      "wait a minute, or choose a name to join afresh.")
+        return refused
+
+    def _count_resume_failure(self, client: Client) -> None:
+        client.resume_failures += 1
+        now = time.monotonic()
+        with self._resume_failures_lock:
+            start, count = self._resume_failures.get(client.address_key, (now, 0))
+            if now - start >= RESUME_FAILURE_WINDOW_S:
+                start, count = now, 0
+            self._resume_failures[client.address_key] = (start, count + 1)
+            if len(self._resume_failures) > MAX_AWAY:  # forget windows that have passed
+                for key, (began, _) in list(self._resume_failures.items()):
+                    if now - began >= RESUME_FAILURE_WINDOW_S:
+                        del self._resume_failures[key]
+        self._flood_log.info("resume failed", "wrong resume code from %r", client)
+
+    # --- ending ---------------------------------------------------------------
 
     def _announce(self, count: int, kind: str, text: str, exclude: Client | None = None) -> None:
         """Tell everybody of a join, leave, loss or return while the grove is small."""
         if count <= ANNOUNCE_LIMIT:
             self.grove.broadcast(encode_line(system_line(kind, text)), exclude=exclude)
 
-    def _finish(self, client: Client, reason: str) -> None:
-        """The one way out for every connection."""
-        with self._connections_lock:
-            self._connections.discard(client)
-        client.close(abort=reason == SLOW_READER)
-        client.thread = None  # this one, ending: an away panda need not keep it
+    def _finish_batch(self, batch: list[Ended]) -> None:
+        """The one way out for every connection, in the Reaper's thread."""
+        self._unregister([client for client, _ in batch])
+        summary: dict[str, int] = {}
+        for client, reason in batch:
+            client.close(abort=reason == SLOW_READER)
+            client.thread = None  # this one, ending: an away panda need not keep it
+            outcome = self._finish(client, reason, log_it=len(batch) <= REAP_LOG_EACH)
+            summary[outcome] = summary.get(outcome, 0) + 1
+            client.ended.set()
+        if len(batch) > REAP_LOG_EACH and not self._closing:
+            log.info("%d connections ended: %s; %s here now", len(batch),
+                     ", ".join(f"{count} {outcome}" for outcome, count in sorted(summary.items())),
+                     _pandas(self.grove.count()))
+
+    def _finish(self, client: Client, reason: str, log_it: bool) -> str:
+        """Take an ended connection's panda out of the grove, or keep it away
+        for resume; what became of it, in a word or two."""
         if not client.name or self.grove.find(client.name) is not client:
             log.debug("%r went away: %s", client, reason)
-            return
+            return "unnamed"
         if reason == SLOW_READER:
             log.warning("drop %s: %s", client.name, reason)
-        if self.resume_window > 0 and not self._closing and reason != GOODBYE:
-            self._keep_for_resume(client, reason)
-            return
-        self._leave(self.grove.remove(client), client, reason)
+        if (self.resume_window > 0 and not self._closing and reason != GOODBYE
+                and self._keep_for_resume(client, reason, log_it)):
+            return "lost (kept for resume)"
+        self._leave(self.grove.remove(client), client, reason, log_it)
+        return "left"
 
-    def _keep_for_resume(self, client: Client, reason: str) -> None:
-        if not self.grove.mark_away(client):
-            log.warning("%d pandas are away already: %s leaves at once", MAX_AWAY, client.name)
-            self._leave(self.grove.remove(client), client, reason)
-            return
+    def _keep_for_resume(self, client: Client, reason: str, log_it: bool) -> bool:
+        """Keep client away for resume; False when there is no room for it."""
+        per_address = self.max_per_address or MAX_AWAY
+        if not self.grove.mark_away(client, per_address):
+            self._flood_log.info("away full", "no room to keep %s for resume (%d away in all, "
+                                 "at most %d per address)", client.name, MAX_AWAY, per_address)
+            return False
         client.go_away()
-        log.info("lost %s (%s); name kept %g s", client.name, reason, self.resume_window)
+        if log_it:
+            log.info("lost %s (%s); name kept %g s", client.name, reason, self.resume_window)
         self._announce(self.grove.count(), "lost", f"{client.name} lost connection ({reason}).",
                        exclude=client)
         code, since = client.resume_code, client.away_since
 
         def expire() -> None:
             self._leave(self.grove.remove_if_away(client, code, since), client,
-                        "did not come back")
+                        "did not come back", log_it=True)
 
         self._scheduler.call_at(since + self.resume_window, expire)
+        return True
 
-    def _leave(self, left: int | None, client: Client, reason: str) -> None:
+    def _leave(self, left: int | None, client: Client, reason: str, log_it: bool) -> None:
         if left is None or self._closing:  # at shutdown, close() logs one line for all
             return
-        log.info("leave %s (%s)", client.name, reason)
+        if log_it:
+            log.info("leave %s (%s)", client.name, reason)
         if left < ANNOUNCE_LIMIT:
             self._announce(left, "leave", f"{client.name} left the grove ({reason}).")
         elif left == ANNOUNCE_LIMIT:
@@ -1337,7 +1805,9 @@ class ChatServer:
             client.send_last(goodbye)
         self._stopping.set()  # readers stop only now, so that each got its goodbye
         self._flusher.idle.wait(SHUTDOWN_FLUSH_S)
-        self._hang_up_on(clients, time.monotonic() + SHUTDOWN_HANG_UP_S)
+        deadline = time.monotonic() + SHUTDOWN_HANG_UP_S
+        self._hang_up_on(clients, deadline)
+        self._reaper.stop(max(0.0, deadline - time.monotonic()))
         log.info("shutdown: said goodbye to %d connection%s", len(clients),
                  "" if len(clients) == 1 else "s")
         self._flusher.stop()
@@ -1366,20 +1836,28 @@ class ChatServer:
 
 
 def descriptor_capacity() -> int:
-    """How many clients the file-descriptor limit leaves room for."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    """How many clients the file-descriptor limit leaves room for (where there
+    is such a limit: not on Windows, whose sockets are not file descriptors)."""
+    if resource is None:
+        return DEFAULT_MAX_CLIENTS
+    soft: int = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     return max(1, soft - FD_RESERVE)
 
 
-def raise_descriptor_limit() -> int:
-    """Raise this process's soft file-descriptor limit to the hard one."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+def raise_descriptor_limit() -> str:
+    """Raise this process's soft file-descriptor limit to the hard one; what
+    the limit now is, in words for the log."""
+    if resource is None:
+        return "no file-descriptor limit to raise here (no resource module)"
+    limits: tuple[int, int] = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft, hard = limits
     if soft != hard:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
         except (ValueError, OSError):
-            return soft
-    return hard
+            pass  # keep the soft limit; descriptor_capacity() allows for it
+    return f"file-descriptor limit {soft}"
 
 
 def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
@@ -1408,6 +1886,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-clients", type=int, default=DEFAULT_MAX_CLIENTS, metavar="N",
                         help="most connections at once; more get a 'grove is full' line "
                              "(default %(default)s)")
+    parser.add_argument("--max-per-address", type=int, default=DEFAULT_MAX_PER_ADDRESS,
+                        metavar="N", help="most connections at once from one IP address (IPv6: "
+                                          "one /64); everybody behind one router or proxy "
+                                          "shares one address; 0 turns the limit off "
+                                          "(default %(default)s)")
     parser.add_argument("--name-timeout", type=float, default=DEFAULT_NAME_TIMEOUT_S,
                         metavar="S", help="seconds a new connection has to choose a name "
                                           "(default %(default)g)")
@@ -1415,8 +1898,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="chat lines replayed to a newcomer; 0 turns it off "
                              "(default %(default)s)")
     parser.add_argument("--rate-limit", type=float, default=DEFAULT_RATE_LIMIT, metavar="R",
-                        help="lines a second one client may send on average; faster senders "
-                             "are slowed down, never cut off; 0 turns it off "
+                        help="lines a second one connection may send on average, before and "
+                             "after its name (bytes are counted too); faster senders are "
+                             "slowed down, never cut off; 0 turns all flood control off "
                              "(default %(default)g)")
     parser.add_argument("--burst", type=int, default=DEFAULT_BURST, metavar="B",
                         help="lines a client may send at once before --rate-limit applies "
@@ -1446,11 +1930,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         server = ChatServer(args.host, args.port, max_clients=args.max_clients,
+                            max_per_address=args.max_per_address,
                             name_timeout=args.name_timeout, history=args.history,
                             rate_limit=args.rate_limit, burst=args.burst,
                             resume_window=args.resume_window, tls=tls)
     except OSError as exc:
-        why = "is already in use" if exc.errno == 98 else f"cannot be used: {exc.strerror or exc}"
+        why = ("is already in use" if exc.errno == errno.EADDRINUSE
+               else f"cannot be used: {exc.strerror or exc}")
         print(f"server3.py: port {args.port} on {args.host} {why}.", file=sys.stderr)
         return 1
 
@@ -1461,7 +1947,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     host, port = server.address
     shown = f"[{host}]" if ":" in host else host
-    log.info("Panda Chat listening on %s:%d%s; up to %s (file-descriptor limit %d)",
+    log.info("Panda Chat listening on %s:%d%s; up to %s (%s)",
              shown, port, " with TLS" if tls else "", _pandas(server.max_clients), fd_limit)
     with server:
         server.serve_forever()
