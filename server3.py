@@ -160,9 +160,12 @@ KEEPALIVE_IDLE_S = 60
 KEEPALIVE_INTERVAL_S = 10
 KEEPALIVE_PROBES = 6
 # Where a thread can only select() (Windows), a signal handler runs only
-# between waits: the accept loop and the readers wake this often to look
-# whether they were asked to stop. Where poll() exists they never need to.
-SELECT_WAKE_S = 0.5
+# between waits, and the accept loop waits on the listener alone: it wakes
+# this often to look whether it was asked to stop (Ctrl+C). A reader wakes
+# every READER_WAKE_S to look whether it was hung up. Where poll() exists
+# neither needs to.
+ACCEPT_WAKE_S = 0.1
+READER_WAKE_S = 1.0
 # Where the Flusher can only select(), it cannot wait on every full socket at
 # once (Windows' select takes 512): it retries the waiting backlogs this often.
 FLUSH_RETRY_S = 0.01
@@ -300,9 +303,10 @@ class FloodControl:
     must now wait before it reads or acts on anything more.
     """
 
-    def __init__(self, rate: float, burst: int) -> None:
+    def __init__(self, rate: float, burst: int, byte_rate: float = FLOOD_BYTES_PER_S,
+                 byte_burst: int = FLOOD_BYTE_BURST) -> None:
         self.lines = TokenBucket(rate, burst)
-        self.bytes = TokenBucket(FLOOD_BYTES_PER_S, FLOOD_BYTE_BURST)
+        self.bytes = TokenBucket(byte_rate, byte_burst)
 
     def line(self) -> float:
         return self.lines.spend(1)
@@ -416,8 +420,8 @@ class Client:
             if CAN_POLL:
                 ready = wait_readable(self.sock, left)
             else:  # select(): look now and then whether hang_up() closed us
-                ready = wait_readable(self.sock, SELECT_WAKE_S if left is None
-                                      else min(left, SELECT_WAKE_S)) or self._closed
+                ready = wait_readable(self.sock, READER_WAKE_S if left is None
+                                      else min(left, READER_WAKE_S)) or self._closed
             if ready:
                 try:
                     return self.sock.recv(RECV_BYTES)
@@ -1240,7 +1244,8 @@ class ChatServer:
     Settings are the keyword arguments: max_clients, max_per_address
     (connections at once from one address, 0 for no limit), name_timeout
     (seconds), history (chat lines replayed to newcomers, 0 for none),
-    rate_limit and burst (flood control; a rate_limit of 0 turns it all off),
+    rate_limit and burst (flood control; a rate_limit of 0 turns it all off;
+    byte_rate and byte_burst are its byte budget, for tests),
     resume_window (seconds a dropped panda may come back in; 0 for never) and
     tls (an ssl.SSLContext to serve TLS). Policies that change what others see
     are off by default here, so that a program embedding the server opts in;
@@ -1255,6 +1260,7 @@ class ChatServer:
                  name_timeout: float = DEFAULT_NAME_TIMEOUT_S,
                  history: int = DEFAULT_HISTORY,
                  rate_limit: float = 0.0, burst: int = DEFAULT_BURST,
+                 byte_rate: float = FLOOD_BYTES_PER_S, byte_burst: int = FLOOD_BYTE_BURST,
                  resume_window: float = 0.0,
                  tls: ssl.SSLContext | None = None) -> None:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
@@ -1266,6 +1272,7 @@ class ChatServer:
         self.max_per_address = max_per_address
         self.name_timeout = name_timeout
         self.rate_limit = rate_limit
+        self._byte_budget = (byte_rate, byte_burst)
         self.resume_window = resume_window
         self.tls = tls
         self._scheduler = Scheduler()
@@ -1321,11 +1328,11 @@ class ChatServer:
 
         With poll(), shutdown() ends the wait at once through the wake-up
         socket. With select() alone (Windows) the listener is the one socket
-        waited on, and the wait ends every SELECT_WAKE_S, since a signal
+        waited on, and the wait ends every ACCEPT_WAKE_S, since a signal
         handler (Ctrl+C) runs there only between waits.
         """
         if not CAN_POLL:
-            return wait_readable(self._listener, SELECT_WAKE_S)
+            return wait_readable(self._listener, ACCEPT_WAKE_S)
         poller = select.poll()
         poller.register(self._listener, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
@@ -1358,7 +1365,7 @@ class ChatServer:
         tls = TlsSession(self.tls, server_side=True) if self.tls is not None else None
         client = Client(sock, address, self._flusher, tls)
         if self.rate_limit > 0:
-            client.flood = FloodControl(self.rate_limit, self.burst)
+            client.flood = FloodControl(self.rate_limit, self.burst, *self._byte_budget)
         refusal = self._register(client)
         if refusal is None:
             client.thread = threading.Thread(target=self._serve_client, args=(client,),

@@ -50,10 +50,14 @@ class LineClient:
     """A plain socket client that speaks lines, like a person with nc."""
 
     def __init__(self, address: tuple[Any, ...], name: str | None = None,
-                 rcvbuf: int | None = None) -> None:
+                 rcvbuf: int | None = None, source: str | None = None) -> None:
+        """source: the loopback address to connect from (127.0.0.2 reaches a
+        server on 127.0.0.1), for per-address rules."""
         self.sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
         if rcvbuf is not None:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if source is not None:
+            self.sock.bind((source, 0))
         self.sock.settimeout(WAIT_S)
         self.sock.connect(address[:2])
         self._framer = LineBuffer(max_line_bytes=1 << 20)

@@ -7,6 +7,7 @@ end of each test whatever happened.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import socket
@@ -233,3 +234,51 @@ def test_an_endless_line_keeps_server_memory_bounded(start_server: StartServer) 
     heard = alice.lines_until(r"^Bob: still talking$")
     errors = [line for line in heard if line.startswith("* error: ")]
     assert len(errors) == 1, f"one error for the one long line, not {heard}"
+
+
+def flooders(address: tuple[str, int], count: int, name: str | None) -> list[LineClient]:
+    """count connections from as many loopback addresses as the per-address limit needs
+    (127.0.1.x, 4 each), joined as name + a number, or at the name prompt when name is None."""
+    clients = []
+    for number in range(count):
+        client = LineClient(address, source=f"127.0.1.{number // 4 + 1}")
+        client.expect(r"^\* name: ")
+        if name is not None:
+            client.join(f"{name}{number}")
+        clients.append(client)
+    return clients
+
+
+FLOODS = {  # what each flooder sends, again and again; None: they all reset at once
+    "empty lines": ("Empty", b"\n" * 4096),
+    "name prompt": (None, (b"*" * 30 + b"\n") * 200),
+    "bytes without newline": ("Bytes", b"x" * 65536),
+    "mass disconnect": ("Gone", None),
+}
+
+
+@pytest.mark.parametrize("flood", FLOODS, ids=list(FLOODS))
+def test_sigint_under_every_flood_exits_0_within_2_s(start_server: StartServer,
+                                                     flood: str) -> None:
+    name, data = FLOODS[flood]
+    server, address = start_server()
+    alice = joined(address, "Alice")
+    bob = joined(address, "Bob")
+    crowd = flooders(address, 200 if data is None else 40, name)
+    with contextlib.ExitStack() as floods:
+        if data is None:
+            for client in crowd:
+                client.abort()
+        else:
+            for client in crowd:
+                floods.enter_context(flooding(client, data))
+        alice.send("still quick?")
+        bob.expect(r"^Alice: still quick\?$")
+        signalled = time.monotonic()
+        server.proc.send_signal(signal.SIGINT)
+        code = server.wait(STOP_S + 1)
+        took = time.monotonic() - signalled
+    assert code == 0, server.stderr[-5:]
+    assert took <= STOP_S, f"{took:.2f} s"
+    assert alice.expect(r"^\* shutdown: ")
+    assert not any("Traceback" in line for line in server.stderr), server.stderr
