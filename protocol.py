@@ -19,9 +19,13 @@ every KIND.
 from __future__ import annotations
 
 import ssl
-import unicodedata
 from dataclasses import dataclass
 from typing import Final
+
+# What a name may be lives in names.py; server3.py and client3.py import these from here.
+from names import MAX_NAME_CHARS as MAX_NAME_CHARS
+from names import name_key as name_key
+from names import name_problem as name_problem
 
 ENCODING: Final = "utf-8"
 
@@ -35,9 +39,6 @@ MAX_LINE_BYTES: Final = 4096
 # up to 4 times longer, plus a prefix such as "* history: [12:00] ". Clients
 # frame what they receive with this limit.
 MAX_SERVER_LINE_BYTES: Final = 4 * MAX_LINE_BYTES + 256
-
-# Names are short so that they fit a user list and a chat line prefix.
-MAX_NAME_CHARS: Final = 20
 
 SYSTEM_PREFIX: Final = "* "
 
@@ -160,28 +161,6 @@ def clean_text(text: str) -> str:
     (ESC, NUL, ...) and bidi overrides become visible escapes like "\\x1b",
     a tab becomes a space."""
     return text.translate(_ESCAPES)
-
-
-def name_problem(name: str) -> str | None:
-    """Why name cannot be a panda name, or None when it can."""
-    if not name:
-        return "A name needs at least one character."
-    if len(name) > MAX_NAME_CHARS:
-        return f"A name has at most {MAX_NAME_CHARS} characters; that one has {len(name)}."
-    if name.startswith("@"):
-        return "A name cannot start with @ (that is how commands start)."
-    for ch in name:
-        category = unicodedata.category(ch)
-        if ch.isspace() or category.startswith("Z"):
-            return "A name cannot contain spaces."
-        if category.startswith("C"):
-            return "A name cannot contain control or invisible characters."
-    return None
-
-
-def name_key(name: str) -> str:
-    """The form in which names are compared: case-insensitive."""
-    return unicodedata.normalize("NFKC", name).casefold()
 
 
 # --- TLS over memory buffers ----------------------------------------------------

@@ -1,4 +1,4 @@
-"""protocol.py on its own: framing, escaping, names and line parsing. No sockets."""
+"""protocol.py on its own: framing, escaping and line parsing. No sockets (names: test_names)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,15 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from names import MAX_NAME_CHARS, name_problem
 from protocol import (
     LINE_TOO_LONG,
     MAX_LINE_BYTES,
-    MAX_NAME_CHARS,
     LineBuffer,
     Message,
     chat_line,
     clean_text,
     encode_line,
-    name_key,
-    name_problem,
     parse_line,
     system_line,
 )
@@ -249,37 +247,3 @@ def test_clean_text_leaves_no_control_or_bidi_character(text: str) -> None:
                                                      "LRI", "RLI", "FSI", "PDI"}
                    for ch in cleaned)
     assert clean_text(cleaned) == cleaned
-
-
-# --- names -----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", ["Bob", "b", "Panda_1", "熊猫", "🐼", "Zoë-the.panda",
-                                  "x" * MAX_NAME_CHARS, "*", "bob@grove"])
-def test_good_names(name: str) -> None:
-    assert name_problem(name) is None
-
-
-@pytest.mark.parametrize(("name", "reason"), [
-    ("", "at least one character"),
-    ("x" * (MAX_NAME_CHARS + 1), f"at most {MAX_NAME_CHARS}"),
-    ("@bamboo", "cannot start with @"),
-    ("Big Bob", "spaces"),
-    ("tab\tbed", "spaces"),
-    ("no\u00a0break", "spaces"),
-    ("ideographic\u3000space", "spaces"),
-    ("esc\x1b", "control"),
-    ("nul\x00", "control"),
-    ("zero\u200bwidth", "invisible"),
-    ("\u202eevil", "invisible"),
-])
-def test_bad_names_say_why(name: str, reason: str) -> None:
-    problem = name_problem(name)
-    assert problem is not None
-    assert reason in problem
-
-
-def test_name_key_ignores_case_and_width() -> None:
-    assert name_key("Bob") == name_key("BOB") == name_key("bob") == name_key("Ｂｏｂ")
-    assert name_key("Straße") == name_key("STRASSE")
-    assert name_key("Bob") != name_key("Bob2")
