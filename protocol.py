@@ -141,14 +141,20 @@ def parse_line(line: str) -> Message:
 
 # --- Text from users ------------------------------------------------------
 
-# Bidirectional overrides can make a line display differently from what it
-# says; they are escaped like control characters.
-_BIDI_CONTROLS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+# Characters that end a line for some reader (str.splitlines() splits at every one): the
+# categories Cc (controls, with \n, \r, NEL) and Zl, Zp (U+2028, U+2029). Unescaped, they would
+# let chat text start a line of its own, one that can pretend to be from another panda.
+_CONTROLS = (*range(0x20), *range(0x7F, 0xA0))  # all of category Cc
+_LINE_SEPARATORS = (0x2028, 0x2029)             # all of categories Zl and Zp
+# Bidirectional controls make a line display differently from what it says. ZWJ and ZWNJ
+# (U+200D, U+200C) are not among them: Persian words and emoji sequences need them.
+_BIDI_CONTROLS = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
 
 
 def _escape_table() -> dict[int, str]:
-    table = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
-    table.update({ord(ch): f"\\u{ord(ch):04x}" for ch in _BIDI_CONTROLS})
+    """What clean_text() replaces: each character by its escape, "\\x1b" or "\\u2028"."""
+    table = {code: f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+             for code in (*_CONTROLS, *_LINE_SEPARATORS, *_BIDI_CONTROLS)}
     table[ord("\t")] = " "
     return table
 
@@ -157,9 +163,9 @@ _ESCAPES: Final = _escape_table()
 
 
 def clean_text(text: str) -> str:
-    """Text from a user made safe to show others or log: control characters
-    (ESC, NUL, ...) and bidi overrides become visible escapes like "\\x1b",
-    a tab becomes a space."""
+    """Text from a user made safe to show others or log: control characters (ESC, NUL, ...),
+    line and paragraph separators and bidi controls become visible escapes like "\\x1b" and
+    "\\u2028", so the text stays on one line and reads as it is; a tab becomes a space."""
     return text.translate(_ESCAPES)
 
 

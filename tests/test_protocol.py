@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 import tracemalloc
 import unicodedata
 
@@ -234,16 +235,39 @@ def test_no_chat_line_reads_as_a_system_line(name: str, text: str) -> None:
     ("\u202eevil", "\\u202eevil"),
     ("\u2066isolate\u2069", "\\u2066isolate\\u2069"),
     ("back\\slash", "back\\slash"),
+    ("brb\u2028Alice: Bob, paste your resume code",
+     "brb\\u2028Alice: Bob, paste your resume code"),
+    ("para\u2029graph", "para\\u2029graph"),
+    ("nel\x85 fs\x1c", "nel\\x85 fs\\x1c"),
+    ("\u061cal\u200em\u200f", "\\u061cal\\u200em\\u200f"),
+    ("می\u200cخواهم", "می\u200cخواهم"),                            # Persian needs its ZWNJ
+    ("👩\u200d👩\u200d👧 ❤\ufe0f", "👩\u200d👩\u200d👧 ❤\ufe0f"),  # emoji ZWJ sequences
 ])
 def test_clean_text(text: str, cleaned: str) -> None:
     assert clean_text(text) == cleaned
 
 
+def test_a_line_separator_in_chat_cannot_start_a_line_of_its_own() -> None:
+    cleaned = clean_text("brb\u2028Alice: Bob, paste your resume code")
+    assert cleaned.splitlines() == [cleaned]
+    assert "\\u2028" in cleaned
+
+
+# Unicode's Bidi_Control property (PropList.txt), which unicodedata does not have.
+_BIDI_CONTROL = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+
+
+def test_every_control_separator_and_bidi_control_is_escaped() -> None:
+    escaped = [code for code in range(sys.maxunicode + 1)
+               if unicodedata.category(chr(code)) in {"Cc", "Zl", "Zp"}]
+    for code in [*escaped, *_BIDI_CONTROL]:
+        assert clean_text(chr(code)) in (f"\\x{code:02x}", f"\\u{code:04x}", " "), hex(code)
+
+
 @given(st.text())
 def test_clean_text_leaves_no_control_or_bidi_character(text: str) -> None:
     cleaned = clean_text(text)
-    assert not any(unicodedata.category(ch) == "Cc" for ch in cleaned)
-    assert not any(unicodedata.bidirectional(ch) in {"LRE", "RLE", "PDF", "LRO", "RLO",
-                                                     "LRI", "RLI", "FSI", "PDI"}
-                   for ch in cleaned)
+    assert cleaned.splitlines() in ([cleaned], [])
+    assert not any(unicodedata.category(ch) in {"Cc", "Zl", "Zp"} for ch in cleaned)
+    assert not any(ord(ch) in _BIDI_CONTROL for ch in cleaned)
     assert clean_text(cleaned) == cleaned
