@@ -2,9 +2,14 @@
 
 Pure code and data, standard library only; server3.py asks it about every name a panda picks.
 
-    name_problem(name)    why name cannot be a panda name (one friendly sentence), or None
-    name_key(name)        the form in which names are compared: NFKC, case folded
-    lookalike_key(name)   equal for names that look alike, whatever their case
+    name_problem(name)        why name cannot be a panda name (one friendly sentence), or None
+    name_key(name)            the form in which names are compared: NFKC, case folded
+    lookalike_key(name)       equal for names that look alike, whatever their case
+    lookalike_problem(other)  the reason to refuse a name that looks like other's
+
+A server refuses a name when name_problem() says why, when its name_key() is a panda's, and
+when its lookalike_key() is that of a panda here or away, with lookalike_problem(that panda).
+It keeps an accepted name in NFC, the form whose length the rules counted.
 
 The rules for a name, checked on its NFC form (Unicode TR39's "highly restrictive" level):
 - 1 to MAX_NAME_CHARS characters; not starting with "@" (commands start so);
@@ -102,6 +107,11 @@ def lookalike_key(name: str) -> str:
             break
         key = folded
     return key
+
+
+def lookalike_problem(other: str) -> str:
+    """The reason to refuse a name whose lookalike_key() is that of the panda called other."""
+    return f"That name looks too much like {other}; pick one nobody can mix up with it."
 
 
 def _fold_once(text: str) -> str:

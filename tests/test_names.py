@@ -9,7 +9,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 import names_data
-from names import MAX_NAME_CHARS, lookalike_key, name_key, name_problem
+from names import MAX_NAME_CHARS, lookalike_key, lookalike_problem, name_key, name_problem
 
 # --- Names that are fine ------------------------------------------------------------------
 
@@ -193,6 +193,10 @@ def test_more_look_alikes(name: str, impostor: str) -> None:
 ])
 def test_different_names_do_not_look_alike(name: str, other: str) -> None:
     assert lookalike_key(name) != lookalike_key(other)
+
+
+def test_the_lookalike_reason_names_the_other_panda() -> None:
+    assert "looks too much like Alice" in lookalike_problem("Alice")
 
 
 def test_a_look_alike_costs_ali_all() -> None:
