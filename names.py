@@ -194,7 +194,7 @@ def _script_problem(name: str) -> str | None:
 
 
 def _digit_problem(name: str) -> str | None:
-    """TR39's mixed-number check: "1" and "١" (Arabic-Indic one) look different but mix badly."""
+    """TR39's mixed-number check: digits of two systems can deceive (Bengali ৪ is 4, not 8)."""
     zeros = {ord(ch) - unicodedata.decimal(ch) for ch in name if unicodedata.category(ch) == "Nd"}
     if len(zeros) > 1:
         return "A name cannot mix digits from different ways of writing numbers."
