@@ -19,9 +19,13 @@ every KIND.
 from __future__ import annotations
 
 import ssl
-import unicodedata
 from dataclasses import dataclass
 from typing import Final
+
+# What a name may be lives in names.py; server3.py and client3.py import these from here.
+from names import MAX_NAME_CHARS as MAX_NAME_CHARS
+from names import name_key as name_key
+from names import name_problem as name_problem
 
 ENCODING: Final = "utf-8"
 
@@ -35,9 +39,6 @@ MAX_LINE_BYTES: Final = 4096
 # up to 4 times longer, plus a prefix such as "* history: [12:00] ". Clients
 # frame what they receive with this limit.
 MAX_SERVER_LINE_BYTES: Final = 4 * MAX_LINE_BYTES + 256
-
-# Names are short so that they fit a user list and a chat line prefix.
-MAX_NAME_CHARS: Final = 20
 
 SYSTEM_PREFIX: Final = "* "
 
@@ -140,14 +141,20 @@ def parse_line(line: str) -> Message:
 
 # --- Text from users ------------------------------------------------------
 
-# Bidirectional overrides can make a line display differently from what it
-# says; they are escaped like control characters.
-_BIDI_CONTROLS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+# Characters that end a line for some reader (str.splitlines() splits at every one): the
+# categories Cc (controls, with \n, \r, NEL) and Zl, Zp (U+2028, U+2029). Unescaped, they would
+# let chat text start a line of its own, one that can pretend to be from another panda.
+_CONTROLS = (*range(0x20), *range(0x7F, 0xA0))  # all of category Cc
+_LINE_SEPARATORS = (0x2028, 0x2029)             # all of categories Zl and Zp
+# Bidirectional controls make a line display differently from what it says. ZWJ and ZWNJ
+# (U+200D, U+200C) are not among them: Persian words and emoji sequences need them.
+_BIDI_CONTROLS = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
 
 
 def _escape_table() -> dict[int, str]:
-    table = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
-    table.update({ord(ch): f"\\u{ord(ch):04x}" for ch in _BIDI_CONTROLS})
+    """What clean_text() replaces: each character by its escape, "\\x1b" or "\\u2028"."""
+    table = {code: f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+             for code in (*_CONTROLS, *_LINE_SEPARATORS, *_BIDI_CONTROLS)}
     table[ord("\t")] = " "
     return table
 
@@ -156,32 +163,10 @@ _ESCAPES: Final = _escape_table()
 
 
 def clean_text(text: str) -> str:
-    """Text from a user made safe to show others or log: control characters
-    (ESC, NUL, ...) and bidi overrides become visible escapes like "\\x1b",
-    a tab becomes a space."""
+    """Text from a user made safe to show others or log: control characters (ESC, NUL, ...),
+    line and paragraph separators and bidi controls become visible escapes like "\\x1b" and
+    "\\u2028", so the text stays on one line and reads as it is; a tab becomes a space."""
     return text.translate(_ESCAPES)
-
-
-def name_problem(name: str) -> str | None:
-    """Why name cannot be a panda name, or None when it can."""
-    if not name:
-        return "A name needs at least one character."
-    if len(name) > MAX_NAME_CHARS:
-        return f"A name has at most {MAX_NAME_CHARS} characters; that one has {len(name)}."
-    if name.startswith("@"):
-        return "A name cannot start with @ (that is how commands start)."
-    for ch in name:
-        category = unicodedata.category(ch)
-        if ch.isspace() or category.startswith("Z"):
-            return "A name cannot contain spaces."
-        if category.startswith("C"):
-            return "A name cannot contain control or invisible characters."
-    return None
-
-
-def name_key(name: str) -> str:
-    """The form in which names are compared: case-insensitive."""
-    return unicodedata.normalize("NFKC", name).casefold()
 
 
 # --- TLS over memory buffers ----------------------------------------------------

@@ -1,8 +1,9 @@
-"""protocol.py on its own: framing, escaping, names and line parsing. No sockets."""
+"""protocol.py on its own: framing, escaping and line parsing. No sockets (names: test_names)."""
 
 from __future__ import annotations
 
 import itertools
+import sys
 import tracemalloc
 import unicodedata
 
@@ -10,17 +11,15 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from names import MAX_NAME_CHARS, name_problem
 from protocol import (
     LINE_TOO_LONG,
     MAX_LINE_BYTES,
-    MAX_NAME_CHARS,
     LineBuffer,
     Message,
     chat_line,
     clean_text,
     encode_line,
-    name_key,
-    name_problem,
     parse_line,
     system_line,
 )
@@ -236,50 +235,39 @@ def test_no_chat_line_reads_as_a_system_line(name: str, text: str) -> None:
     ("\u202eevil", "\\u202eevil"),
     ("\u2066isolate\u2069", "\\u2066isolate\\u2069"),
     ("back\\slash", "back\\slash"),
+    ("brb\u2028Alice: Bob, paste your resume code",
+     "brb\\u2028Alice: Bob, paste your resume code"),
+    ("para\u2029graph", "para\\u2029graph"),
+    ("nel\x85 fs\x1c", "nel\\x85 fs\\x1c"),
+    ("\u061cal\u200em\u200f", "\\u061cal\\u200em\\u200f"),
+    ("می\u200cخواهم", "می\u200cخواهم"),                            # Persian needs its ZWNJ
+    ("👩\u200d👩\u200d👧 ❤\ufe0f", "👩\u200d👩\u200d👧 ❤\ufe0f"),  # emoji ZWJ sequences
 ])
 def test_clean_text(text: str, cleaned: str) -> None:
     assert clean_text(text) == cleaned
 
 
+def test_a_line_separator_in_chat_cannot_start_a_line_of_its_own() -> None:
+    cleaned = clean_text("brb\u2028Alice: Bob, paste your resume code")
+    assert cleaned.splitlines() == [cleaned]
+    assert "\\u2028" in cleaned
+
+
+# Unicode's Bidi_Control property (PropList.txt), which unicodedata does not have.
+_BIDI_CONTROL = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+
+
+def test_every_control_separator_and_bidi_control_is_escaped() -> None:
+    escaped = [code for code in range(sys.maxunicode + 1)
+               if unicodedata.category(chr(code)) in {"Cc", "Zl", "Zp"}]
+    for code in [*escaped, *_BIDI_CONTROL]:
+        assert clean_text(chr(code)) in (f"\\x{code:02x}", f"\\u{code:04x}", " "), hex(code)
+
+
 @given(st.text())
 def test_clean_text_leaves_no_control_or_bidi_character(text: str) -> None:
     cleaned = clean_text(text)
-    assert not any(unicodedata.category(ch) == "Cc" for ch in cleaned)
-    assert not any(unicodedata.bidirectional(ch) in {"LRE", "RLE", "PDF", "LRO", "RLO",
-                                                     "LRI", "RLI", "FSI", "PDI"}
-                   for ch in cleaned)
+    assert cleaned.splitlines() in ([cleaned], [])
+    assert not any(unicodedata.category(ch) in {"Cc", "Zl", "Zp"} for ch in cleaned)
+    assert not any(ord(ch) in _BIDI_CONTROL for ch in cleaned)
     assert clean_text(cleaned) == cleaned
-
-
-# --- names -----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", ["Bob", "b", "Panda_1", "熊猫", "🐼", "Zoë-the.panda",
-                                  "x" * MAX_NAME_CHARS, "*", "bob@grove"])
-def test_good_names(name: str) -> None:
-    assert name_problem(name) is None
-
-
-@pytest.mark.parametrize(("name", "reason"), [
-    ("", "at least one character"),
-    ("x" * (MAX_NAME_CHARS + 1), f"at most {MAX_NAME_CHARS}"),
-    ("@bamboo", "cannot start with @"),
-    ("Big Bob", "spaces"),
-    ("tab\tbed", "spaces"),
-    ("no\u00a0break", "spaces"),
-    ("ideographic\u3000space", "spaces"),
-    ("esc\x1b", "control"),
-    ("nul\x00", "control"),
-    ("zero\u200bwidth", "invisible"),
-    ("\u202eevil", "invisible"),
-])
-def test_bad_names_say_why(name: str, reason: str) -> None:
-    problem = name_problem(name)
-    assert problem is not None
-    assert reason in problem
-
-
-def test_name_key_ignores_case_and_width() -> None:
-    assert name_key("Bob") == name_key("BOB") == name_key("bob") == name_key("Ｂｏｂ")
-    assert name_key("Straße") == name_key("STRASSE")
-    assert name_key("Bob") != name_key("Bob2")
