@@ -53,25 +53,24 @@ import struct
 import sys
 import threading
 import time
+import unicodedata
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType, ModuleType, TracebackType
 
 from ascii_art import banner_lines, goodbye_lines
+from names import MAX_NAME_CHARS, lookalike_key, lookalike_problem, name_key, name_problem
 from panda_facts import random_fact
 from protocol import (
     ENCODING,
     LINE_TOO_LONG,
     MAX_LINE_BYTES,
-    MAX_NAME_CHARS,
     LineBuffer,
     TlsSession,
     chat_line,
     clean_text,
     encode_line,
-    name_key,
-    name_problem,
     system_line,
 )
 
@@ -1030,7 +1029,8 @@ class Grove:
     def __init__(self) -> None:
         self.broadcaster = Broadcaster()
         self._lock = threading.Lock()
-        self._members: dict[str, Client] = {}
+        self._members: dict[str, Client] = {}  # by name_key
+        self._lookalikes: dict[str, Client] = {}  # the same members, by lookalike_key
         self._away: dict[Client, str] = {}  # members whose connection dropped: address_key
         self._away_per_address: dict[str, int] = {}
         self._listeners: dict[Client, None] = {}  # an ordered set
@@ -1039,12 +1039,16 @@ class Grove:
         self._snapshot: Listeners | None = ()
 
     def add(self, client: Client, name: str) -> str | None:
-        """Give client the name; the reason why not when it is taken."""
-        key = name_key(name)
+        """Give client the name; the reason why not when it is taken, or looks
+        like the name of a panda here or away."""
+        key, looks = name_key(name), lookalike_key(name)
         with self._lock:
             if key in self._members:
                 return f"The name {self._members[key].name} is taken; pick another."
+            if (other := self._lookalikes.get(looks)) is not None:
+                return lookalike_problem(other.name)
             self._members[key] = client
+            self._lookalikes[looks] = client
         client.name = name
         return None
 
@@ -1061,6 +1065,7 @@ class Grove:
             if self._members.get(name_key(client.name)) is not client:
                 return None
             del self._members[name_key(client.name)]
+            del self._lookalikes[lookalike_key(client.name)]
             self._forget_away_locked(client)
             self._listeners.pop(client, None)
             self._snapshot = None
@@ -1301,7 +1306,8 @@ class ChatServer:
             [encode_line(system_line("art", line)) for line in banner_lines()]
             + [encode_line(system_line("info", "Welcome to Panda Chat!"))])
         self._prompt = encode_line(system_line(
-            "name", f"What is your panda name? (1-{MAX_NAME_CHARS} characters, no spaces)"))
+            "name", f"What is your panda name? (1-{MAX_NAME_CHARS} letters or digits; "
+                    "- _ . may join them)"))
 
     def __enter__(self) -> ChatServer:
         return self
@@ -1526,6 +1532,7 @@ class ChatServer:
                         _tell_now(client, "bye", "Too many wrong resume codes; goodbye.")
                         return "too many wrong resume codes"
                     continue
+                name = unicodedata.normalize("NFC", name)  # the form name_problem counts
                 problem = name_problem(name) or self.grove.add(client, name)
                 if problem:
                     self._refuse_name(client, problem)

@@ -289,3 +289,63 @@ def test_many_connections_ending_at_once_leave_the_chat_going() -> None:
         while server.grove.count() > 2 and time.monotonic() < deadline:
             sync(alice)
         assert server.grove.count() == 2
+
+
+# --- names that cannot deceive --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lookalike", ["Аlice", "Αlice", "AIice", "ALICE", "alice", "Аӏісе"],
+                         ids=["Cyrillic A", "Greek Alpha", "capital I", "upper case", "lower case",
+                              "all Cyrillic"])
+def test_a_name_that_looks_like_one_here_is_refused(lookalike: str) -> None:
+    with running_server() as server:
+        (alice,) = pandas(server, "Alice")
+        student = LineClient(server.address)
+        text_after_banner(student)
+        student.send(lookalike)
+        error = student.expect(r"^\* error: ")
+        # Mixed scripts are refused as such; a name of one script, for looking like Alice's.
+        assert re.search(r"Alice|mix letters of different alphabets", error), error
+        sync(alice)
+        assert server.grove.names() == ["Alice"]
+
+
+def test_the_refusal_names_the_panda_it_looks_like() -> None:
+    with running_server() as server:
+        _alice = pandas(server, "Alice")  # kept: a closed client would leave
+        student = LineClient(server.address)
+        text_after_banner(student)
+        student.send("Аӏісе")  # all Cyrillic: А, palochka, і, с, е
+        student.expect(r"^\* error: That name looks too much like Alice")
+
+
+def test_a_name_that_looks_like_a_panda_away_is_refused_too() -> None:
+    with running_server(resume_window=60) as server:
+        alice = LineClient(server.address, "Alice")
+        (watcher,) = pandas(server, "Watcher")
+        alice.abort()
+        watcher.expect(r"^\* lost: Alice ")
+        student = LineClient(server.address)
+        text_after_banner(student)
+        student.send("Аӏісе")  # all Cyrillic
+        student.expect(r"^\* error: That name looks too much like Alice")
+
+
+@pytest.mark.parametrize("name", ["Alice\u034f", "Alice\ufe0f", "\u2800", "*", "Alice:",
+                                  "*\u2800join"])
+def test_invisible_and_symbol_names_are_refused(name: str) -> None:
+    with running_server() as server:
+        student = LineClient(server.address)
+        text_after_banner(student)
+        student.send(name)
+        student.expect(r"^\* error: ")
+        student.expect(r"^\* name: ")
+
+
+@pytest.mark.parametrize("name", ["Zoë", "Маша", "Νίκος", "小明", "さくら", "지민", "علي",
+                                  "अनन्या"],
+                         ids=["Latin", "Cyrillic", "Greek", "Chinese", "Japanese", "Korean",
+                              "Arabic", "Hindi"])
+def test_ordinary_names_in_every_script_are_welcome(name: str) -> None:
+    with running_server() as server:
+        LineClient(server.address, name)  # join() expects the welcome
