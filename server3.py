@@ -1456,23 +1456,27 @@ COMMANDS: dict[str, Command] = {
     "@mute": Command(do_mute, f"@mute NAME [MINUTES]: NAME cannot talk for a while "
                               f"(default {DEFAULT_MUTE_MINUTES:g})", keepers_only=True),
     "@unmute": Command(do_unmute, "@unmute NAME: end a mute", keepers_only=True),
-    "@lock": Command(_grove_switch(
-        "locked", True, "lock", "{keeper} locked the grove: no newcomers for now."),
-        "no newcomers for now (resumes still come back)", keepers_only=True),
-    "@unlock": Command(_grove_switch(
-        "locked", False, "unlock", "{keeper} unlocked the grove: newcomers are welcome."),
-        "newcomers welcome again", keepers_only=True),
-    "@hush": Command(_grove_switch(
-        "hushed", True, "hush", "Only keepers can talk for now ({keeper} hushed the grove)."),
-        "announcement mode: only keepers can talk", keepers_only=True),
-    "@unhush": Command(_grove_switch(
-        "hushed", False, "unhush", "Everybody can talk again ({keeper} ended the hush)."),
-        "everybody can talk again", keepers_only=True),
     "@slowmode": Command(do_slowmode, "@slowmode SECONDS: one chat line per SECONDS each "
                                       "(0 ends it)", keepers_only=True),
     "@announce": Command(do_announce, "@announce TEXT: a line everybody sees stand out",
                          keepers_only=True),
 }
+
+
+# The keepers' switches: word, the rule it sets (and to what), the line the
+# grove gets, and the help line.
+_SWITCHES = [
+    ("@lock", "locked", True, "{keeper} locked the grove: no newcomers for now.",
+     "no newcomers for now (resumes still come back)"),
+    ("@unlock", "locked", False, "{keeper} unlocked the grove: newcomers are welcome.",
+     "newcomers welcome again"),
+    ("@hush", "hushed", True, "Only keepers can talk for now ({keeper} hushed the grove).",
+     "announcement mode: only keepers can talk"),
+    ("@unhush", "hushed", False, "Everybody can talk again ({keeper} ended the hush).",
+     "everybody can talk again"),
+]
+COMMANDS.update({word: Command(_grove_switch(rule, on, word[1:], text), help, keepers_only=True)
+                 for word, rule, on, text, help in _SWITCHES})
 
 
 def unknown_command_reply(word: str, keeper: bool = False) -> str:

@@ -26,6 +26,12 @@ def keeper(server: ChatServer, name: str = "Teacher") -> LineClient:
     return client
 
 
+def class_of(server: ChatServer) -> tuple[LineClient, LineClient, LineClient]:
+    """Alice and Bob, pupils, and Teacher, their keeper."""
+    alice, bob = pandas(server, "Alice", "Bob")
+    return alice, bob, keeper(server)
+
+
 def keeping(**options: Any) -> AbstractContextManager[ChatServer]:
     return running_server(keeper_code=CODE, **options)
 
@@ -172,8 +178,7 @@ def test_a_ban_without_minutes_lasts_until_the_server_stops() -> None:
 
 def test_mute_refuses_chat_whispers_and_actions_but_not_whispers_to_keepers() -> None:
     with keeping() as server:
-        alice, bob = pandas(server, "Alice", "Bob")
-        teacher = keeper(server)
+        alice, bob, teacher = class_of(server)
         teacher.send("@mute Bob 0.5")
         alice.expect(r"^\* mute: Bob was muted by Teacher for 0\.5 minutes\.$")
         for line in ("can I talk?", "@whisper Alice psst", "@me waves"):
@@ -191,8 +196,7 @@ def test_mute_refuses_chat_whispers_and_actions_but_not_whispers_to_keepers() ->
 
 def test_a_mute_ends_by_itself_when_its_minutes_pass() -> None:
     with keeping() as server:
-        alice, bob = pandas(server, "Alice", "Bob")
-        teacher = keeper(server)
+        alice, bob, teacher = class_of(server)
         teacher.send("@mute Bob 0.01")  # 0.6 s
         alice.expect(r"^\* mute: Bob was muted")
         alice.expect(r"^\* unmute: Bob can talk again\.$")
@@ -202,8 +206,7 @@ def test_a_mute_ends_by_itself_when_its_minutes_pass() -> None:
 
 def test_hush_lets_only_keepers_talk() -> None:
     with keeping() as server:
-        alice, bob = pandas(server, "Alice", "Bob")
-        teacher = keeper(server)
+        alice, bob, teacher = class_of(server)
         teacher.send("@hush")
         alice.expect(r"^\* hush: Only keepers can talk for now")
         bob.send("noise")
@@ -221,8 +224,7 @@ def test_hush_lets_only_keepers_talk() -> None:
 
 def test_slow_mode_allows_one_line_per_seconds_each_but_not_to_keepers() -> None:
     with keeping() as server:
-        alice, bob = pandas(server, "Alice", "Bob")
-        teacher = keeper(server)
+        alice, bob, teacher = class_of(server)
         teacher.send("@slowmode 30")
         alice.expect(r"^\* slowmode: Teacher started slow mode: one line every 30 seconds")
         bob.send("first")
