@@ -429,22 +429,23 @@ class Client:
         return None if data is None else (list(self._framer.feed(data)), len(raw))
 
     def _receive(self, timeout: float | None) -> bytes:
-        """One recv() of what has come (b"" at EOF), waiting up to timeout for it."""
+        """One recv() of what has come (b"" at EOF), waiting up to timeout for it.
+
+        It tries first and waits only when nothing is there, so that a busy
+        reader makes one system call per read, not two.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise TimeoutError  # a deadline that passed stays passed, even if data comes
-            if CAN_POLL:
-                ready = wait_readable(self.sock, left)
-            else:  # select(): look now and then whether hang_up() closed us
-                ready = wait_readable(self.sock, READER_WAKE_S if left is None
-                                      else min(left, READER_WAKE_S)) or self._closed
-            if ready:
-                try:
-                    return self.sock.recv(RECV_BYTES)
-                except BlockingIOError:
-                    continue  # woken for nothing (or the data went to TLS)
+            try:
+                return self.sock.recv(RECV_BYTES)
+            except BlockingIOError:
+                pass
+            if not CAN_POLL:  # select(): wake now and then to see a hang_up()'s shutdown
+                left = READER_WAKE_S if left is None else min(left, READER_WAKE_S)
+            wait_readable(self.sock, left)
 
     def _decrypt(self, raw: bytes) -> bytes | None:
         assert self.tls is not None
@@ -1053,6 +1054,7 @@ class Grove:
         self._away: dict[Client, str] = {}  # members whose connection dropped: address_key
         self._away_per_address: dict[str, int] = {}
         self._listeners: dict[Client, None] = {}  # an ordered set
+        self._quiet = False  # whether the last join found over ANNOUNCE_LIMIT here
         # What broadcast() walks: a copy of _listeners, made again only when a
         # broadcast finds it out of date, so that a change costs O(1).
         self._snapshot: Listeners | None = ()
@@ -1071,12 +1073,17 @@ class Grove:
         client.name = name
         return None
 
-    def admit(self, client: Client) -> int:
-        """Let client hear broadcasts; the number of pandas now here."""
+    def admit(self, client: Client) -> tuple[int, bool]:
+        """Let client hear broadcasts; the number of pandas now here, and
+        whether this join is the one that took the grove over ANNOUNCE_LIMIT
+        (decided here, under the lock: two joins can see the same count)."""
         with self._lock:
             self._listeners[client] = None
             self._snapshot = None
-            return len(self._members) - len(self._away)
+            count = len(self._members) - len(self._away)
+            went_quiet = count > ANNOUNCE_LIMIT and not self._quiet
+            self._quiet = count > ANNOUNCE_LIMIT
+            return count, went_quiet
 
     def remove(self, client: Client) -> int | None:
         """Take client out; the number of pandas left, or None if it was not in."""
@@ -1869,7 +1876,7 @@ class ChatServer:
             "welcome", f"Welcome to the grove, {name}! Type @help for the commands."))
             + self._resume_line(client))
         with self._history_lock:  # see _relay; sending is non-blocking
-            count = self.grove.admit(client)
+            count, went_quiet = self.grove.admit(client)
             client.send(b"".join(encode_line(system_line("history", line))
                                  for line in self._history))
         client.send(self._rules_now())
@@ -1882,7 +1889,7 @@ class ChatServer:
                 "quiet", f"Over {_pandas(ANNOUNCE_LIMIT)} are here, so joins and leaves are "
                          "no longer announced. @grove lists everybody."))
             client.send(quiet)
-            if count == ANNOUNCE_LIMIT + 1:
+            if went_quiet:
                 self.grove.broadcast(quiet, exclude=client)
 
     def _chat(self, client: Client, lines: list[str | object]) -> str:
