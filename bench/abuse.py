@@ -55,6 +55,7 @@ import resource
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -625,15 +626,30 @@ class Watcher:
             return self.samples[-1][2] if self.samples else 0
 
 
-def process_io(pid: int) -> dict[str, int]:
-    """Bytes a process has read and written through system calls (sockets, files,
-    pipes): rchar and wchar of /proc/PID/io."""
-    try:
-        with open(f"/proc/{pid}/io") as io:
-            fields = dict(line.split(": ") for line in io.read().splitlines())
-    except OSError:
-        return {}
-    return {"read": int(fields["rchar"]), "written": int(fields["wchar"])}
+def in_flight(port: int) -> tuple[int, int]:
+    """Bytes on their way between the attackers and the server on port, from
+    /proc/net/tcp: sent by the attackers and not yet read by the server (their
+    send queues and its receive queues), and sent by the server and not yet read
+    by the attackers (the other way round). The probe's connections are left out."""
+    probe = socket.inet_aton(PROBE_SOURCE)
+    to_server = to_attackers = 0
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            local, remote, queues = fields[1], fields[2], fields[4]
+            tx_queue, rx_queue = (int(part, 16) for part in queues.split(":"))
+            local_ip, _, local_port = local.partition(":")
+            remote_ip, _, remote_port = remote.partition(":")
+            server_end = int(local_port, 16) == port
+            if not server_end and int(remote_port, 16) != port:
+                continue  # not a connection to the server
+            client_ip = remote_ip if server_end else local_ip
+            if struct.pack("<I", int(client_ip, 16)) == probe:
+                continue
+            to_server += rx_queue if server_end else tx_queue
+            to_attackers += tx_queue if server_end else rx_queue
+    return to_server, to_attackers
 
 
 def log_lines(path: Path) -> int:
@@ -678,6 +694,7 @@ def run_one(name: str, p: AbuseParams, mode: str, command: list[str],
         result["server_pid"] = server.pid
         with Watcher(server) as watcher, \
                 AttackerPool(ATTACKERS, (HOST, server.port)) as pool:
+            result["attacker_pids"] = [process.pid for process in pool.processes]
             probe = Probe(server.port, PROBE_RATE, max_s=3 * p.open_timeout_s)
             probe.connect(PROBE_CONNECT_TIMEOUT_S)
             time.sleep(3 * SAMPLE_S)
@@ -702,7 +719,6 @@ def run_one(name: str, p: AbuseParams, mode: str, command: list[str],
             probe.start()
             time.sleep(p.lead_s)
             lines_before = log_lines(log_path)
-            io_before = process_io(server.pid)
             attack_at = time.monotonic()
             if p.close:
                 replies = pool.call("close", [{"how": p.close}] * ATTACKERS, REPLY_MARGIN_S)
@@ -718,12 +734,18 @@ def run_one(name: str, p: AbuseParams, mode: str, command: list[str],
                     time.sleep(p.flood_s / 2)
                     result.update(sigterm(server, p.stop_grace_s, attack_at))
                 replies = pool.replies("flood", p.flood_s + REPLY_MARGIN_S)
+                to_server, to_attackers = in_flight(server.port)
                 pool.call("close", [{"how": "fin"}] * ATTACKERS, REPLY_MARGIN_S)
                 last_action = time.monotonic()
                 sent = sum(reply["sent"] for reply in replies)
                 received = sum(reply["received"] for reply in replies)
+                # What the server read, and what it sent back (in the kernel's
+                # hands, read by the attackers or not) by the end of the flood.
+                taken, answered = max(0, sent - to_server), received + to_attackers
                 result.update(attack_bytes_sent=sent, attack_bytes_received=received,
-                              amplification=round(received / sent, 3) if sent else None,
+                              server_read=taken, server_sent=answered,
+                              unread_at_end=to_server,
+                              amplification=round(answered / taken, 2) if taken else None,
                               attackers_cut_off=sum(reply["dead"] for reply in replies))
             result["attack_s"] = round(last_action - attack_at, 2)
             attacker_cpu_s = sum(reply["cpu_s"] for reply in replies) - attacker_cpu_s
@@ -731,12 +753,6 @@ def run_one(name: str, p: AbuseParams, mode: str, command: list[str],
             if mode == "digest":
                 result.update(wait_idle(watcher, p, attack_at, last_action,
                                         baseline + IDLE_THREAD_SLACK))
-                io_after = process_io(server.pid)
-                if io_before and io_after:
-                    read = io_after["read"] - io_before["read"]
-                    written = io_after["written"] - io_before["written"]
-                    result.update(server_read=read, server_written=written,
-                                  server_amplification=round(written / read, 2) if read else None)
                 time.sleep(p.tail_s)
                 result["log_lines"] = log_lines(log_path) - lines_before
                 result.update(probe.stop(p.drain_s))
@@ -811,7 +827,8 @@ COLUMNS = [
     ("server_cores", "server cores (attack)"), ("idle_s", "time to idle s"),
     ("sigterm_s", "SIGTERM to exit s"), ("exit_code", "exit code"),
     ("traceback", "traceback"), ("log_lines", "log lines"),
-    ("bytes", "attackers sent / got MiB"), ("server_io", "server read / wrote MiB"),
+    ("bytes", "flood MiB: sent / server read / server sent"),
+    ("amplification", "server sent / read"),
 ]
 
 
@@ -830,10 +847,10 @@ def row(digest: dict[str, Any], term: dict[str, Any]) -> dict[str, str]:
         out["log_lines"] = show(digest.get("log_lines"))
         if "attack_bytes_sent" in digest:
             out["bytes"] = (f"{mib(digest['attack_bytes_sent'])} / "
-                            f"{mib(digest['attack_bytes_received'])}")
-        if "server_written" in digest and digest["scenario"] in FLOODS:
-            out["server_io"] = (f"{mib(digest['server_read'])} / "
-                                f"{mib(digest['server_written'])}")
+                            f"{mib(digest['server_read'])} / "
+                            f"{mib(digest['server_sent'])}")
+            amplification = digest["amplification"]
+            out["amplification"] = "-" if amplification is None else f"{amplification:g}x"
     if "error" in term and "sigterm_after_attack_s" not in term:
         out["sigterm_s"] = "error"
     else:
