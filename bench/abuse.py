@@ -51,6 +51,7 @@ import argparse
 import errno
 import json
 import multiprocessing
+import os
 import resource
 import select
 import signal
@@ -117,6 +118,46 @@ QUIET_TIMEOUT_S = 15.0
 MASS_SIGTERM_AFTER_S = 0.3
 # Replies from attacker processes may take this much longer than their own deadline.
 REPLY_MARGIN_S = 15.0
+# The real-time priority (SCHED_RR) of the coordinator's threads and of the
+# attackers' mass close; see realtime().
+REALTIME_PRIORITY = 1
+# After Alice stops, Bob waits until no line of hers came for this long (bounded by drain_s).
+DRAIN_IDLE_S = 2.0
+
+
+class Realtime:
+    """Whether the measuring threads run at real-time priority (SCHED_RR).
+
+    On a 2-core machine a server with thousands of runnable threads would
+    otherwise starve the probe pair, the watcher and the attackers' close: the
+    figures would then include the generator waiting for a CPU, which on a real
+    network it has of its own. So the coordinator's threads (which only block
+    or read /proc) and the attackers' close (one short burst of system calls)
+    run at SCHED_RR priority 1, above every normal thread; the flooding itself
+    and the server run at normal priority. SCHED_RESET_ON_FORK: nothing started
+    from a real-time thread (the server, the attackers, threads) inherits it.
+    Without the privilege (or with --no-realtime) everything runs normally.
+    """
+
+    wanted = True
+
+    @classmethod
+    def enter(cls) -> bool:
+        if not cls.wanted:
+            return False
+        try:
+            os.sched_setscheduler(0, os.SCHED_RR | os.SCHED_RESET_ON_FORK,
+                                  os.sched_param(REALTIME_PRIORITY))
+        except (OSError, AttributeError):
+            return False
+        return True
+
+    @staticmethod
+    def leave() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        except (OSError, AttributeError):
+            pass  # was not real-time
 
 
 # --- the scenarios ---------------------------------------------------------------------------
@@ -139,7 +180,7 @@ class AbuseParams:
     idle_timeout_s: float = 60.0  # for the server to get back to idle after the attack
     lead_s: float = 2.0  # the probe chats this long before the attack
     tail_s: float = 1.0  # ... and this long after the server is idle again
-    drain_s: float = 3.0  # after Alice stops, Bob may still wait this long for her lines
+    drain_s: float = 30.0  # after Alice stops, Bob may wait this long for her lines at most
     stop_grace_s: float = 10.0  # SIGTERM gets this long before SIGKILL (the target is 2 s)
 
 
@@ -165,7 +206,7 @@ def sized(name: str, size: str) -> AbuseParams:
     if size == "tiny":
         return replace(p, attackers=min(p.attackers, 40), flood_s=0.3, idle_timeout_s=2.0,
                        connect_timeout_s=10.0, open_timeout_s=20.0, lead_s=0.5, tail_s=0.2,
-                       drain_s=0.5, stop_grace_s=3.0)
+                       drain_s=1.0, stop_grace_s=3.0)
     return p
 
 
@@ -327,6 +368,7 @@ class Attacker:
         """Close every connection, all at once: "rst" with SO_LINGER 0, "fin"
         with a normal close (after reading what is waiting: unread data would
         make the kernel send a reset instead)."""
+        realtime = Realtime.enter()
         drained = 0
         for sock in self.socks:
             if how == "fin":
@@ -338,7 +380,8 @@ class Attacker:
                 sock.close()
         closed = len(self.socks)
         self.socks = []
-        return {"closed": closed, "drained": drained}
+        Realtime.leave()
+        return {"closed": closed, "drained": drained, "realtime": realtime}
 
 
 def _drain(sock: socket.socket) -> int:
@@ -362,8 +405,9 @@ def _reset(sock: socket.socket) -> None:
     sock.close()
 
 
-def attacker_main(pipe: Connection, address: tuple[str, int]) -> None:
+def attacker_main(pipe: Connection, address: tuple[str, int], realtime: bool) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator stops us
+    Realtime.wanted = realtime
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     Attacker(pipe, address).serve()
@@ -379,7 +423,8 @@ class AttackerPool:
         self.processes: list[multiprocessing.process.BaseProcess] = []
         for index in range(count):
             ours, theirs = context.Pipe()
-            process = context.Process(target=attacker_main, args=(theirs, address),
+            process = context.Process(target=attacker_main,
+                                      args=(theirs, address, Realtime.wanted),
                                       name=f"bench-attacker-{index}", daemon=True)
             process.start()
             theirs.close()
@@ -446,7 +491,8 @@ class Probe:
         self.recv_ns: dict[int, int] = {}
         self.slow_notices = 0  # "* slow:" lines to Alice: her own flood control held her back
         self.ended = ""  # why a socket of the pair gave up, if one did
-        self._stop = threading.Event()
+        self._stop_sending = threading.Event()
+        self._closing = threading.Event()  # the readers stop too
         self._socks: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
 
@@ -477,11 +523,12 @@ class Probe:
             self._threads.append(thread)
 
     def _send(self, sock: socket.socket) -> None:
+        Realtime.enter()
         start = time.monotonic_ns()
         gap = 1e9 / self.rate
         for seq in range(self.max_lines):
             delay = (start + seq * gap - time.monotonic_ns()) / 1e9
-            if self._stop.wait(max(0.0, delay)):
+            if self._stop_sending.wait(max(0.0, delay)):
                 return
             sent = time.monotonic_ns()
             self.sent_ns.append(sent)
@@ -492,8 +539,9 @@ class Probe:
                 return
 
     def _read(self, sock: socket.socket, is_bob: bool) -> None:
+        Realtime.enter()
         partial = b""
-        while not self._stop.is_set():
+        while not self._closing.is_set():
             try:
                 data = sock.recv(CHUNK)
             except TimeoutError:
@@ -518,36 +566,43 @@ class Probe:
                     self.slow_notices += 1
 
     def stop(self, drain_s: float) -> dict[str, Any]:
-        """Stop sending; give Bob drain_s for the last lines; the figures.
+        """Stop sending; let Bob wait for the last lines (until none came for
+        DRAIN_IDLE_S, at most drain_s); the figures.
 
-        A line never delivered counts as lost, and in the worst latency with
-        the time it had waited when the probe stopped (a lower bound)."""
+        A line never delivered counts as lost, and in the latencies with the
+        time it had waited when the probe stopped: then the worst and the
+        percentiles are lower bounds ("probe_censored")."""
         sending = self._threads[0] if self._threads else None
-        self._stop_sending()
+        self._stop_sending.set()
         if sending is not None:
             sending.join(2.0)
         deadline = time.monotonic() + drain_s
-        while len(self.recv_ns) < len(self.sent_ns) and time.monotonic() < deadline \
-                and not self.ended:
+        progress, progress_at = -1, time.monotonic()
+        while len(self.recv_ns) < len(self.sent_ns) and not self.ended:
+            now = time.monotonic()
+            if len(self.recv_ns) != progress:
+                progress, progress_at = len(self.recv_ns), now
+            if now >= deadline or now - progress_at >= DRAIN_IDLE_S:
+                break
             time.sleep(0.05)
         self.close()
         end = time.monotonic_ns()
         sent = list(self.sent_ns)
-        latencies = sorted(self.recv_ns[seq] - sent_at for seq, sent_at in enumerate(sent)
+        delivered = sorted(self.recv_ns[seq] - sent_at for seq, sent_at in enumerate(sent)
                            if seq in self.recv_ns)
         missing = [end - sent_at for seq, sent_at in enumerate(sent) if seq not in self.recv_ns]
-        worst = max(latencies[-1:] + missing, default=0)
+        latencies = sorted(delivered + missing)
         return {"probe_sent": len(sent), "probe_lost": len(missing),
-                "probe_worst_ms": round(worst / 1e6, 1),
+                "probe_censored": bool(missing),
+                "probe_worst_ms": round(latencies[-1] / 1e6, 1) if latencies else None,
                 "probe_p99_ms": percentile_ms(latencies, 0.99),
                 "probe_p50_ms": percentile_ms(latencies, 0.50),
+                "probe_delivered_worst_ms": round(delivered[-1] / 1e6, 1) if delivered else None,
                 "probe_slow_notices": self.slow_notices, "probe_ended": self.ended}
 
-    def _stop_sending(self) -> None:
-        self._stop.set()
-
     def close(self) -> None:
-        self._stop.set()
+        self._stop_sending.set()
+        self._closing.set()
         for thread in self._threads:
             thread.join(1.0)
         for sock in self._socks:
@@ -576,6 +631,7 @@ class Watcher:
         self._thread.join(2.0)
 
     def _run(self) -> None:
+        Realtime.enter()
         while not self._stop.is_set():
             try:
                 sample = (time.monotonic(), process_cpu_s(self.server.pid),
@@ -811,6 +867,7 @@ def wait_idle(watcher: Watcher, p: AbuseParams, attack_at: float, last_action: f
     # A flood's attack is the flood; a mass close's is the digestion after it.
     attack_end = last_action if not p.close else end
     return {"idle_s": round(idle_at - last_action, 2) if idle_at is not None else None,
+            "idle_from_attack_s": round(idle_at - attack_at, 2) if idle_at is not None else None,
             "idle_timeout_s": p.idle_timeout_s,
             "server_cores": watcher.cores(attack_at, max(attack_end, attack_at + 2 * SAMPLE_S)),
             "server_cores_peak": watcher.peak_cores(attack_at, end),
@@ -824,6 +881,7 @@ def wait_idle(watcher: Watcher, p: AbuseParams, attack_at: float, last_action: f
 COLUMNS = [
     ("scenario", "scenario"), ("probe_worst_ms", "probe worst ms"),
     ("probe_p99_ms", "probe p99 ms"), ("probe_lost", "probe lost"),
+    ("probe_slowed", "probe slowed by its flood control"),
     ("server_cores", "server cores (attack)"), ("idle_s", "time to idle s"),
     ("sigterm_s", "SIGTERM to exit s"), ("exit_code", "exit code"),
     ("traceback", "traceback"), ("log_lines", "log lines"),
@@ -838,9 +896,11 @@ def row(digest: dict[str, Any], term: dict[str, Any]) -> dict[str, str]:
     if "error" in digest:
         out["probe_worst_ms"] = f"error: {digest['error'][:60]}"
     else:
-        out["probe_worst_ms"] = show(digest.get("probe_worst_ms"))
-        out["probe_p99_ms"] = show(digest.get("probe_p99_ms"))
+        at_least = "≥ " if digest.get("probe_censored") else ""  # lines never delivered
+        out["probe_worst_ms"] = at_least + show(digest.get("probe_worst_ms"))
+        out["probe_p99_ms"] = at_least + show(digest.get("probe_p99_ms"))
         out["probe_lost"] = f"{digest['probe_lost']} of {digest['probe_sent']}"
+        out["probe_slowed"] = "yes" if digest.get("probe_slow_notices") else "no"
         out["server_cores"] = show(digest.get("server_cores"))
         idle = digest.get("idle_s")
         out["idle_s"] = show(idle) if idle is not None else f"> {digest['idle_timeout_s']:g}"
@@ -899,6 +959,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
                         help="before each run, wait up to S seconds for the machine to be "
                              "idle (for a shared machine; default %(default)g)")
+    parser.add_argument("--no-realtime", action="store_true",
+                        help="run the probe pair, the watcher and the mass close at normal "
+                             "priority, not SCHED_RR (see Realtime)")
     parser.add_argument("--no-sigterm", action="store_true",
                         help="skip the SIGTERM repeat of each scenario")
     parser.add_argument("--json", default=None, metavar="PATH",
@@ -914,6 +977,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stopped by kill as by Ctrl+C
+    Realtime.wanted = not args.no_realtime
+    realtime = Realtime.enter()  # this (main) thread: it sends SIGTERM and times the exit
     size = "tiny" if args.tiny else "quick" if args.quick else "full"
     help_text = server_help()
     has_per_address = "--max-per-address" in help_text
@@ -946,12 +1011,14 @@ def main(argv: list[str] | None = None) -> int:
               "size": size, "elapsed_s": round(elapsed, 1), "probe_rate": PROBE_RATE,
               "per_address_limit_option": has_per_address,
               "per_address_off": args.per_address_off and has_per_address,
+              "realtime": realtime,
               "params": {name: {k: v for k, v in asdict(sized(name, size)).items()
                                 if k != "payload"} for name in args.scenarios},
               "runs": runs}
     print(f"\n`python3 bench/abuse.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`"
           f" ({size}; {elapsed / 60:.1f} min; commit {version['commit'] or '?'}, "
-          f"server3.py {version.get('server3.py', '?')}; probe {PROBE_RATE:g} whispers/s)\n")
+          f"server3.py {version.get('server3.py', '?')}; probe {PROBE_RATE:g} whispers/s; "
+          f"measuring threads {'real-time' if realtime else 'at normal priority'})\n")
     print(table(rows), flush=True)
     path = Path(args.json) if args.json else RESULTS / f"abuse-{stamp}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
