@@ -1,15 +1,17 @@
 """The abuse scenarios: what one mischievous student's script does to Panda Chat.
 
-    python3 bench/abuse.py                 # every scenario, full size: about 5-10 min
-    python3 bench/abuse.py --quick         # smaller counts, shorter floods: about a minute
+    python3 bench/abuse.py                 # every scenario, full size: 5-10 min
+    python3 bench/abuse.py --quick         # smaller counts, 3 s floods: 1-3 min
     python3 bench/abuse.py --scenarios mass_rst,name_flood
     python3 bench/abuse.py --per-address-off   # server3.py --max-per-address 0, if it has it
 
 Only loopback is ever a target: server3.py listens on 127.0.0.1, the probe pair
 connects from 127.0.0.1, and the attackers bind their sockets to 127.0.A.B
-(B from 1 to 254, A from 1 up), at most PER_ADDRESS of them per address, so that
-a per-address limit (server3.py --max-per-address, default 16) lets them all in
+(B from 1 to 254, A from 1 up), at most PER_ADDRESS (16) per address, so that a
+per-address limit (server3.py --max-per-address, default 16) lets them all in
 and the scenario measures what the attack costs the server, not its refusal.
+Every wait is bounded (the longest: 60 s for the server to get idle), so a
+hung server makes the run longer, never endless.
 
     mass_rst      10,000 registered idle pandas all close at once with a reset (RST)
     mass_fin      the same, with a normal close (FIN)
@@ -19,36 +21,64 @@ and the scenario measures what the attack costs the server, not its refusal.
     byte_stream   50 registered connections stream bytes without any newline
     resume_flood  4 connections send "@resume WRONGCODE" as fast as they can
 
-The floods last FLOOD_S, then the attackers close. Attackers read everything the
-server sends them, as fast as they can: so the server is never held back by a
-full socket, and bytes out / bytes in is its amplification.
+A flood lasts flood_s (10 s), then the attackers close. They read everything the
+server sends them as fast as they can, so the server is never held back by a
+full socket and what it sends per byte it reads is its amplification.
 
 Each scenario runs twice, each time against a fresh server3.py with its own
-defaults (flood control on), logging at INFO to bench/results/logs/:
+defaults (flood control on; only --max-clients is raised for 10,000 attackers
+plus the pair), logging at INFO to bench/results/logs/abuse-SCENARIO-MODE.log:
 - "digest": the probe pair chats throughout; after the attack's last action
-  (the mass close, or the end of the flood) the server must get back to idle:
-  under IDLE_CORES of a core for IDLE_WINDOW_S and its threads back to what
-  they were before the attackers came (plus IDLE_THREAD_SLACK).
-- "sigterm": the same attack, with SIGTERM sent in the middle of it (mass: just
-  after the close; floods: halfway through): how long until the server exits,
-  and with what exit code (SIGKILL after 10 s: AbuseParams.stop_grace_s).
+  (the mass close, or the end of the flood) the server must get back to idle.
+- "sigterm": the same attack with SIGTERM sent in the middle of it (mass:
+  MASS_SIGTERM_AFTER_S after the close; floods: halfway through).
 
 The probe pair: Alice and Bob, two ordinary pandas from 127.0.0.1. Alice
-whispers Bob a line (@whisper Bob SEQ SEND_NS) PROBE_RATE times a second, from
-before the attack until the server is idle again. A whisper, not a broadcast:
-broadcast to 10,000 idle pandas the probe would itself be a load of 90,000
-deliveries a second. 9 a second, not 10: the default flood control allows 10
-lines a second, so 10 would be right at the limit.
+whispers Bob a line (@whisper Bob SEQ SEND_NS) 9 times a second from before
+the attack until the server is idle again. A whisper, not a broadcast: to
+10,000 idle pandas the probe would itself be a load of 90,000 deliveries a
+second. 9, not 10: the default flood control allows 10 lines a second, and 10
+would be right at its limit. Even so, after a stall of over 5 s Alice's queued
+lines exceed her burst of 50 and her own flood control delays the rest: the
+table says when that happened ("slowed"), and "longest silence" is not
+affected by it.
+
+The figures (one table row per scenario: the digest run, and the SIGTERM run's
+exit):
+- probe worst / p99 ms: from Alice's send to Bob's receipt. A line never
+  delivered counts with the time it had waited when the probe stopped; then
+  the figure is a lower bound, shown "≥". probe lost: never delivered (Bob
+  waits for the last lines until none came for DRAIN_IDLE_S).
+- probe longest silence ms: the longest time Bob got nothing while Alice was
+  sending; 111 ms (her pace) when all is well.
+- server cores (attack): the server's CPU (user + system, /proc/PID/stat) over
+  the flood, or for a mass close from the close until idle.
+- time to idle s: from the attack's last action until the server uses under
+  IDLE_CORES (5 %) of a core for IDLE_WINDOW_S (0.5 s) with at most
+  IDLE_THREAD_SLACK threads more than before the attackers came; "> 60": not
+  within the bound. For a mass close this is the time to digest it.
+- SIGTERM to exit s, exit code: of the SIGTERM run; "killed" = not exited
+  within stop_grace_s (10 s), then SIGKILL (exit code -9).
+- traceback: "Traceback" in the server's output in either run.
+- log lines: written by the server from the attack's start until idle.
+- flood MiB sent / server read / server sent, and their ratio: at the end of
+  the flood, from the attackers' counters and /proc/net/tcp's queues (see
+  in_flight()). What the server read it may not have acted on yet, so a
+  server that is behind shows a lower amplification than it has.
+
+The probe pair, the /proc watcher and the mass close run at real-time
+priority when allowed (see Realtime; --no-realtime turns that off), so that a
+server with thousands of runnable threads does not starve the measuring.
 
 Printed: one markdown table; written: every figure as JSON to bench/results/
 (or --json PATH). Ctrl+C or SIGTERM stops the run, the attackers and the
 server. Linux only (figures come from /proc).
 """
-
 from __future__ import annotations
 
 import argparse
 import errno
+import itertools
 import json
 import multiprocessing
 import os
@@ -592,12 +622,21 @@ class Probe:
                            if seq in self.recv_ns)
         missing = [end - sent_at for seq, sent_at in enumerate(sent) if seq not in self.recv_ns]
         latencies = sorted(delivered + missing)
+        # The longest time Bob heard nothing from Alice while she was sending (or
+        # until the end, if lines were still missing): how long the server froze,
+        # whatever held up each line after (such as Alice's own flood control).
+        arrivals = sorted(self.recv_ns.values())
+        if sent:
+            arrivals = [sent[0], *arrivals, end if missing else sent[-1]]
+        silence = max((later - earlier for earlier, later in itertools.pairwise(arrivals)),
+                      default=0)
         return {"probe_sent": len(sent), "probe_lost": len(missing),
                 "probe_censored": bool(missing),
                 "probe_worst_ms": round(latencies[-1] / 1e6, 1) if latencies else None,
                 "probe_p99_ms": percentile_ms(latencies, 0.99),
                 "probe_p50_ms": percentile_ms(latencies, 0.50),
                 "probe_delivered_worst_ms": round(delivered[-1] / 1e6, 1) if delivered else None,
+                "probe_silence_ms": round(silence / 1e6, 1),
                 "probe_slow_notices": self.slow_notices, "probe_ended": self.ended}
 
     def close(self) -> None:
@@ -881,6 +920,7 @@ def wait_idle(watcher: Watcher, p: AbuseParams, attack_at: float, last_action: f
 COLUMNS = [
     ("scenario", "scenario"), ("probe_worst_ms", "probe worst ms"),
     ("probe_p99_ms", "probe p99 ms"), ("probe_lost", "probe lost"),
+    ("probe_silence_ms", "probe longest silence ms"),
     ("probe_slowed", "probe slowed by its flood control"),
     ("server_cores", "server cores (attack)"), ("idle_s", "time to idle s"),
     ("sigterm_s", "SIGTERM to exit s"), ("exit_code", "exit code"),
@@ -901,6 +941,7 @@ def row(digest: dict[str, Any], term: dict[str, Any]) -> dict[str, str]:
         out["probe_p99_ms"] = at_least + show(digest.get("probe_p99_ms"))
         out["probe_lost"] = f"{digest['probe_lost']} of {digest['probe_sent']}"
         out["probe_slowed"] = "yes" if digest.get("probe_slow_notices") else "no"
+        out["probe_silence_ms"] = show(digest.get("probe_silence_ms"))
         out["server_cores"] = show(digest.get("server_cores"))
         idle = digest.get("idle_s")
         out["idle_s"] = show(idle) if idle is not None else f"> {digest['idle_timeout_s']:g}"
@@ -951,9 +992,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true",
                       help="1,000 pandas for the mass scenarios, 300 for the name flood, "
-                           "3 s floods: about a minute")
+                           "3 s floods: 1-3 min")
     size.add_argument("--tiny", action="store_true",
-                      help="40 connections, half-second floods: seconds (the smoke test)")
+                      help="40 connections, 0.3 s floods: under a minute (the smoke test)")
     parser.add_argument("--per-address-off", action="store_true",
                         help="run server3.py with --max-per-address 0 (if it has that option)")
     parser.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
