@@ -223,7 +223,6 @@ ABUSE: dict[str, AbuseParams] = {
     "resume_flood": AbuseParams(4, register=False,
                                 payload=b"@resume WRONGCODE\n" * (CHUNK // 18)),
 }
-FLOODS = {"empty_lines", "name_flood", "byte_stream", "resume_flood"}
 
 
 def sized(name: str, size: str) -> AbuseParams:
