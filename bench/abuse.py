@@ -231,7 +231,7 @@ def sized(name: str, size: str) -> AbuseParams:
     p = ABUSE[name]
     if size == "quick":
         return replace(p, attackers=min(p.attackers, 1_000 if p.close else 300), flood_s=3.0,
-                       idle_timeout_s=15.0)
+                       idle_timeout_s=15.0, drain_s=10.0)
     if size == "tiny":
         return replace(p, attackers=min(p.attackers, 40), flood_s=0.3, idle_timeout_s=2.0,
                        connect_timeout_s=10.0, open_timeout_s=20.0, lead_s=0.5, tail_s=0.2,
