@@ -106,6 +106,13 @@ THREAD_STACK_BYTES = 256 * 1024
 # Every blocked reader holds a buffer this big; 4 KiB is one full-size line and
 # keeps an idle connection cheap.
 RECV_BYTES = 4096
+# The kernel's receive buffer per connection (set on the listener, so that
+# connections start with it). Left to autotune it grows to megabytes, and a
+# flooder the server reads slowly (flood control) fills all of it: 2,000 such
+# connections took gigabytes of the machine's TCP memory, and under that
+# pressure every connection slowed, the others' included. A chat connection
+# is read at a few KiB a second; 64 KiB holds a long paste at once.
+RECV_BUFFER_BYTES = 64 * 1024
 # What a client that is not reading may have waiting for it before it is
 # dropped: thousands of chat lines, so a reader who is seconds behind catches
 # up, while 1,000 stuck readers still cost at most 256 MiB.
@@ -143,6 +150,14 @@ DEFAULT_BURST = 50
 # address can push at most 64 KiB a second at each listener between bursts.
 FLOOD_BYTE_BURST = 64 * 1024 + 4 * MAX_LINE_BYTES
 FLOOD_BYTES_PER_S = 4096
+# Before its name a connection has, on top of that, 5 tries at once and one a
+# second after: a person needs two or three, while 2,000 scripted connections
+# each refused 10 times a second would keep both cores busy refusing.
+NAME_TRIES_BURST = 5
+NAME_TRIES_PER_S = 1.0
+# A reader held back by flood control looks this often whether the server is
+# stopping (it is not woken: see ChatServer._pause).
+PAUSE_SLICE_S = 1.0
 # Connections at once from one address (--max-per-address; IPv6: one /64): a
 # pupil needs one or two, a family laptop a few; a script needs thousands.
 DEFAULT_MAX_PER_ADDRESS = 16
@@ -319,9 +334,20 @@ class FloodControl:
                  byte_burst: int = FLOOD_BYTE_BURST) -> None:
         self.lines = TokenBucket(rate, burst)
         self.bytes = TokenBucket(byte_rate, byte_burst)
+        self.name_tries = TokenBucket(NAME_TRIES_PER_S, NAME_TRIES_BURST)
+        self.new_episode = False
 
-    def line(self) -> float:
-        return self.lines.spend(1)
+    def line(self, naming: bool = False) -> float:
+        """A line (naming: one before the name, which name_tries counts too).
+        new_episode is then True when this wait starts a flood episode, so
+        that the flooder hears "slow down" once per episode."""
+        wait, self.new_episode = 0.0, False
+        for bucket in (self.lines, self.name_tries) if naming else (self.lines,):
+            if (bucket_wait := bucket.spend(1)) > 0:
+                wait = max(wait, bucket_wait)
+                self.new_episode |= not bucket.throttled
+                bucket.throttled = True
+        return wait
 
     def read(self, count: int) -> float:
         return self.bytes.spend(count)
@@ -1588,6 +1614,7 @@ class ChatServer:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         self._listener = socket.create_server((host, port), family=family,
                                               backlog=LISTEN_BACKLOG)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER_BYTES)
         self._listener.setblocking(False)
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
         self.max_clients = min(max_clients, descriptor_capacity())
@@ -1796,28 +1823,39 @@ class ChatServer:
         return lines
 
     def _pause(self, delay: float) -> None:
-        """Wait delay seconds, unless the server stops meanwhile (ServerStopping)."""
-        if delay > 0 and self._stopping.wait(delay):
+        """Wait delay seconds, unless the server stops meanwhile (ServerStopping).
+
+        It sleeps, looking at the stop flag every PAUSE_SLICE_S: waiting on
+        one shared Event instead made thousands of paused flooders queue on
+        its lock (each timed-out waiter removes itself from one shared list),
+        and a stop need not wake them: the process's exit ends them.
+        """
+        deadline = time.monotonic() + delay
+        while (left := deadline - time.monotonic()) > 0:
+            if self._stopping.is_set():
+                raise ServerStopping
+            time.sleep(min(left, PAUSE_SLICE_S))
+        if self._stopping.is_set():
             raise ServerStopping
 
-    def _pay_for_line(self, client: Client, chat: list[str] | None = None) -> None:
-        """Take one line from client's flood control, waiting until it allows
-        one more; what chat was gathered before the wait goes out first."""
-        if client.flood is None or (delay := client.flood.line()) <= 0:
+    def _pay_for_line(self, client: Client, chat: list[str] | None = None,
+                      naming: bool = False) -> None:
+        """Take one line from client's flood control (naming: a line before
+        the name), waiting until it allows one more; what chat was gathered
+        before the wait goes out first."""
+        if client.flood is None or (delay := client.flood.line(naming)) <= 0:
             return
         if chat:
             self._relay(client, chat)
             chat.clear()
-        if not client.flood.lines.throttled:
-            client.flood.lines.throttled = True
-            self.flood_log.info("slow", "slow %r: over %g lines a second", client,
-                                 client.flood.lines.rate)
-            notice = (f"Slow down! Over {client.flood.lines.rate:g} lines a second; "
-                      "your lines are queued and will all be delivered.")
-            if client.name:
-                _reply(self, client, "slow", notice)
+        if client.flood.new_episode:
+            self.flood_log.info("slow", "slow %r: over its flood budget", client)
+            if naming:
+                _tell_now(client, "slow", f"Slow down! At most {NAME_TRIES_PER_S:g} name a "
+                                          "second; your lines are queued.")
             else:
-                _tell_now(client, "slow", notice)
+                _reply(self, client, "slow", f"Slow down! Over {client.flood.lines.rate:g} "
+                       "lines a second; your lines are queued and will all be delivered.")
         self._pause(delay)
 
     def _ask_name(self, client: Client) -> str | tuple[Client, list[str | object]]:
@@ -1833,7 +1871,8 @@ class ChatServer:
             if lines is None:
                 return "left before choosing a name"
             for index, line in enumerate(lines):
-                self._pay_for_line(client)  # every line costs, even an empty one
+                # Every line costs, even an empty one; a try at a name costs a name try too.
+                self._pay_for_line(client, naming=not isinstance(line, str) or bool(line.strip()))
                 if line is LINE_TOO_LONG:
                     self._refuse_name(client, "That was far too long for a name.")
                     continue

@@ -126,11 +126,11 @@ def test_one_address_gets_at_most_max_per_address_connections() -> None:
     with running_server(max_per_address=2) as server:
         (watcher,) = pandas(server, "Watcher")
         first = LineClient(server.address, "First", source="127.0.0.2")
-        LineClient(server.address, "Second", source="127.0.0.2")
+        _second = LineClient(server.address, "Second", source="127.0.0.2")  # kept: open
         third = LineClient(server.address, source="127.0.0.2")
         lines = third.read_until_eof()
         assert any(re.match(r"^\* full: .*per address", line) for line in lines), lines
-        LineClient(server.address, "Other", source="127.0.0.3")  # another address: room
+        _other = LineClient(server.address, "Other", source="127.0.0.3")  # another address
         first.send("@leaves")
         watcher.expect(r"^\* leave: First left")
         LineClient(server.address, "Again", source="127.0.0.2")  # room again
