@@ -122,6 +122,13 @@ ATTACKERS = 2
 CONNECT_CONCURRENCY = 500
 # Linux's IP_BIND_ADDRESS_NO_PORT: bind the source address, leave the port to connect().
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+# An attacker's own send buffer. On a real network it is the attacker's
+# machine's memory; on loopback it is this machine's, and left to autotune
+# (4 MiB each) 2,000 flooders pushed the shared TCP memory past the kernel's
+# pressure line (net.ipv4.tcp_mem), which slowed every socket here, the
+# probe's included: a cost of testing on one machine, not of the server. The
+# server's side stays full either way (its receive buffer is 64 KiB).
+ATTACKER_SNDBUF = 64 * 1024
 # What a flooder writes at once, and reads at once.
 CHUNK = 64 * 1024
 # No attacker process sends more than this in one flood, however fast it goes.
@@ -314,6 +321,7 @@ class Attacker:
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, ATTACKER_SNDBUF)
                 sock.bind((source_address(index), 0))
                 code = sock.connect_ex(self.address)
                 if code not in (0, errno.EINPROGRESS):
