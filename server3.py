@@ -42,6 +42,7 @@ import errno
 import heapq
 import hmac
 import io
+import ipaddress
 import logging
 import os
 import queue
@@ -2179,6 +2180,108 @@ def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     return context
 
 
+# --- Who can join: this machine's addresses, found without sending a packet -----
+
+# SIOCGIFADDR, the ioctl that asks the kernel for an interface's IPv4 address:
+# Linux numbers it in <linux/sockios.h>; macOS as _IOWR('i', 33, struct ifreq).
+SIOCGIFADDR = {"linux": 0x8915, "darwin": 0xC0206921}
+# struct ifreq: a 16-byte interface name, then a sockaddr_in whose IPv4
+# address starts 4 bytes in (after the family and the port) on both.
+IFREQ_NAME_BYTES = 16
+IFREQ_IPV4_AT = IFREQ_NAME_BYTES + 4
+# Linux lists every IPv6 address of the machine here, one a line.
+LINUX_IPV6_ADDRESSES = "/proc/net/if_inet6"
+
+
+def local_addresses(version: int | None = None) -> list[str]:
+    """This machine's IP addresses that others on its networks can reach it at
+    (only IPv4 or IPv6 ones, given version 4 or 6): IPv4 first, never a
+    loopback one, no duplicates; an IPv6 link-local one (with its %interface)
+    only when there is nothing else. Found by asking the
+    kernel (on Linux and macOS) or the system's own record of its name
+    (elsewhere): no packet is sent."""
+    request = next((number for prefix, number in SIOCGIFADDR.items()
+                    if sys.platform.startswith(prefix)), None)
+    if request is not None:
+        found = _interface_ipv4_addresses(request) + _linux_ipv6_addresses()
+    else:
+        found = _own_name_addresses()
+    return _reachable(found, version)
+
+
+def _interface_ipv4_addresses(request: int) -> list[str]:
+    """Each interface's IPv4 address, as the kernel answers SIOCGIFADDR."""
+    import fcntl  # POSIX only: this runs on Linux and macOS alone
+
+    found = []
+    # The socket only carries the question to the kernel; nothing is sent on it.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as handle:
+        for _, name in socket.if_nameindex():
+            question = struct.pack("256s", name.encode()[:IFREQ_NAME_BYTES - 1])
+            try:
+                answer = fcntl.ioctl(handle.fileno(), request, question)
+            except OSError:
+                continue  # this interface has no IPv4 address (or is down)
+            found.append(socket.inet_ntoa(answer[IFREQ_IPV4_AT:IFREQ_IPV4_AT + 4]))
+    return found
+
+
+def _linux_ipv6_addresses() -> list[str]:
+    """Every IPv6 address Linux lists; none where there is no such list."""
+    try:
+        with open(LINUX_IPV6_ADDRESSES) as listing:
+            rows = [line.split() for line in listing]
+    except OSError:
+        return []  # not Linux, or no IPv6
+    found = []
+    for row in rows:  # address in hex, index, prefix length, scope, flags, interface
+        if len(row) == 6:
+            address = ipaddress.IPv6Address(bytes.fromhex(row[0]))
+            found.append(f"{address}%{row[5]}" if address.is_link_local else str(address))
+    return found
+
+
+def _own_name_addresses() -> list[str]:
+    """The addresses of this machine's own name. Windows answers its own
+    computer name from its interfaces' addresses, without asking the network."""
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, type=socket.SOCK_STREAM)
+    except OSError:
+        return []
+    return [str(info[4][0]) for info in infos]
+
+
+def _reachable(addresses: list[str], version: int | None) -> list[str]:
+    """addresses (of that IP version, if given) without loopback ones and
+    duplicates, IPv4 first, link-local IPv6 ones only when there is no other."""
+    parsed = {text: ipaddress.ip_address(text.partition("%")[0])
+              for text in dict.fromkeys(addresses)}
+    usable = [text for text, ip in parsed.items()
+              if not (ip.is_loopback or ip.is_unspecified) and version in (None, ip.version)]
+    usable.sort(key=lambda text: parsed[text].version)  # stable: the kernel's order within
+    wider = [text for text in usable if not (parsed[text].version == 6
+                                            and parsed[text].is_link_local)]
+    return wider or usable
+
+
+def who_can_join(host: str, port: int, tls: bool) -> list[str]:
+    """The startup lines saying who can join a server listening on host (an
+    IP address) and port: only this computer, or pandas on the network, with
+    the command line they join with."""
+    ip = ipaddress.ip_address(host.partition("%")[0])
+    if ip.is_loopback:
+        return [f"Only this computer can join (listening on {host}); "
+                "--host 0.0.0.0 lets pandas on your network in."]
+    options = (f" --port {port}" if port != DEFAULT_PORT else "") + (" --tls" if tls else "")
+    # Listening on all addresses: those of ip's family (create_server makes :: IPv6 only).
+    addresses = local_addresses(ip.version) if ip.is_unspecified else [host]
+    if not addresses:
+        return ["No network address found on this computer: only this computer can join "
+                "for now."]
+    return [f"Pandas on your network can join with: python3 client3.py --host {address}"
+            f"{options}" for address in addresses]
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -2276,6 +2379,8 @@ def main(argv: list[str] | None = None) -> int:
     shown = f"[{host}]" if ":" in host else host
     log.info("Panda Chat listening on %s:%d%s; up to %s (%s)",
              shown, port, " with TLS" if tls else "", _pandas(server.max_clients), fd_limit)
+    for line in who_can_join(host, port, tls is not None):
+        log.info("%s", line)
     with server:
         server.serve_forever()
     print("Panda Chat server stopped. Goodbye from the grove!", file=sys.stderr)
