@@ -1407,8 +1407,8 @@ class Transcript:
             self._lost += len(lines) - written
             return
         if self._lost:
-            log.warning("transcript: writing to %s again; %d lines were lost",
-                        self.path, self._lost)
+            log.warning("transcript: writing to %s again after losing %d line%s",
+                        self.path, self._lost, "" if self._lost == 1 else "s")
             self._lost = 0
 
     def _write_some(self, lines: list[bytes]) -> int:
