@@ -1312,6 +1312,7 @@ class Transcript:
         self._dropped = 0  # lines dropped from the full queue, not yet logged
         self._stopping = False
         self._lost = 0  # lines lost to write errors since the last write that worked
+        self._torn = False  # a failed write left a cut line that could not be cut off
         self._file: io.FileIO | None = None
         self._size = 0  # of the file, in bytes
         try:
@@ -1372,7 +1373,10 @@ class Transcript:
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
-            self._write_batch(batch)
+            try:
+                self._write_batch(batch)
+            except Exception:  # a bug: log it, and keep the transcript going
+                log.exception("transcript: writing %d lines failed", len(batch))
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -1424,7 +1428,7 @@ class Transcript:
             self._rotate()
             return 0
         fitting = max(fitting, 1)  # a line longer than max_bytes, in a file of its own
-        data = b"".join(lines[:fitting])
+        data = (b"\n" if self._torn else b"") + b"".join(lines[:fitting])
         done = 0
         try:
             while done < len(data):
@@ -1432,10 +1436,12 @@ class Transcript:
         except OSError:
             try:
                 os.ftruncate(file.fileno(), self._size)
-            except OSError:
-                pass  # the file keeps a cut line; the next line starts after it
+            except OSError:  # rare: cutting needs no room; the next write ends the cut line
+                self._size += done
+                self._torn = done > 0 or self._torn
             raise
         self._size += len(data)
+        self._torn = False
         return fitting
 
     def _open_file(self) -> io.FileIO:
