@@ -44,6 +44,7 @@ import hmac
 import io
 import ipaddress
 import logging
+import math
 import os
 import queue
 import re
@@ -207,6 +208,18 @@ TLS_HANDSHAKE_TIMEOUT_S = 10.0
 TLS_SILENCE_S = 3.0
 # How long a resume waits for the half-open connection it replaces to end.
 RESUME_TAKEOVER_S = 2.0
+
+# Keepers (--keeper-code): the code a teacher types; 12 random characters are
+# never guessed, least of all at 5 tries a connection (KEEPER_FAILURES).
+KEEPER_CODE_BYTES = 9
+KEEPER_FAILURES = 5
+# @mute without MINUTES: a lesson's pause; and the longest mute or timed ban.
+DEFAULT_MUTE_MINUTES = 10.0
+MAX_MINUTES = 7 * 24 * 60.0
+# @slowmode SECONDS at most: an hour between lines is already a silence.
+MAX_SLOWMODE_S = 3600.0
+# @nick at most this often: a name is how others know you.
+NICK_EVERY_S = 60.0
 
 # Reasons for leaving that the code tells apart.
 SLOW_READER = "could not keep up (stopped reading)"
@@ -388,6 +401,12 @@ class Client:
         self._missed: deque[bytes] | None = None  # not None while away
         self._missed_bytes = 0
         self.away_since = 0.0
+        self.keeper = False
+        self.keeper_failures = 0
+        self.muted_until = 0.0  # time.monotonic() when a keeper's mute ends
+        self.spoke_at = -math.inf  # the last chat line, for slow mode
+        self.nick_changed_at = -math.inf
+        self.removed = False  # by a keeper: no resume
 
     def __repr__(self) -> str:
         return f"{self.name or '(no name)'} from {self.address[0]}:{self.address[1]}"
@@ -415,22 +434,23 @@ class Client:
         return None if data is None else (list(self._framer.feed(data)), len(raw))
 
     def _receive(self, timeout: float | None) -> bytes:
-        """One recv() of what has come (b"" at EOF), waiting up to timeout for it."""
+        """One recv() of what has come (b"" at EOF), waiting up to timeout for it.
+
+        It tries first and waits only when nothing is there, so that a busy
+        reader makes one system call per read, not two.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise TimeoutError  # a deadline that passed stays passed, even if data comes
-            if CAN_POLL:
-                ready = wait_readable(self.sock, left)
-            else:  # select(): look now and then whether hang_up() closed us
-                ready = wait_readable(self.sock, READER_WAKE_S if left is None
-                                      else min(left, READER_WAKE_S)) or self._closed
-            if ready:
-                try:
-                    return self.sock.recv(RECV_BYTES)
-                except BlockingIOError:
-                    continue  # woken for nothing (or the data went to TLS)
+            try:
+                return self.sock.recv(RECV_BYTES)
+            except BlockingIOError:
+                pass
+            if not CAN_POLL:  # select(): wake now and then to see a hang_up()'s shutdown
+                left = READER_WAKE_S if left is None else min(left, READER_WAKE_S)
+            wait_readable(self.sock, left)
 
     def _decrypt(self, raw: bytes) -> bytes | None:
         assert self.tls is not None
@@ -1041,6 +1061,7 @@ class Grove:
         self._away: dict[Client, str] = {}  # members whose connection dropped: address_key
         self._away_per_address: dict[str, int] = {}
         self._listeners: dict[Client, None] = {}  # an ordered set
+        self._quiet = False  # whether the last join found over ANNOUNCE_LIMIT here
         # What broadcast() walks: a copy of _listeners, made again only when a
         # broadcast finds it out of date, so that a change costs O(1).
         self._snapshot: Listeners | None = ()
@@ -1062,12 +1083,17 @@ class Grove:
         client.name = name
         return None
 
-    def admit(self, client: Client) -> int:
-        """Let client hear broadcasts; the number of pandas now here."""
+    def admit(self, client: Client) -> tuple[int, bool]:
+        """Let client hear broadcasts; the number of pandas now here, and
+        whether this join is the one that took the grove over ANNOUNCE_LIMIT
+        (decided here, under the lock: two joins can see the same count)."""
         with self._lock:
             self._listeners[client] = None
             self._snapshot = None
-            return len(self._members) - len(self._away)
+            count = len(self._members) - len(self._away)
+            went_quiet = count > ANNOUNCE_LIMIT and not self._quiet
+            self._quiet = count > ANNOUNCE_LIMIT
+            return count, went_quiet
 
     def remove(self, client: Client) -> int | None:
         """Take client out; the number of pandas left, or None if it was not in."""
@@ -1081,11 +1107,29 @@ class Grove:
             self._snapshot = None
             return len(self._members) - len(self._away)
 
-    def names(self) -> list[str]:
-        """The names of the pandas here (not those away)."""
+    def rename(self, client: Client, new: str) -> str | None:
+        """Call client new; the reason why not when that name is taken or looks
+        like another panda's."""
+        key, looks = name_key(new), lookalike_key(new)
+        with self._lock:
+            if self._members.get(key, client) is not client:
+                return f"The name {self._members[key].name} is taken; pick another."
+            if (other := self._lookalikes.get(looks, client)) is not client:
+                return lookalike_problem(other.name)
+            del self._members[name_key(client.name)]
+            del self._lookalikes[lookalike_key(client.name)]
+            self._members[key] = client
+            self._lookalikes[looks] = client
+            client.name = new
+        return None
+
+    def names(self, mark_keepers: bool = False) -> list[str]:
+        """The names of the pandas here (not those away); keepers' with "@"
+        before them when mark_keepers (no name starts with "@")."""
         with self._lock:
             members = list(self._members.values())
-        return sorted((c.name for c in members if not c.away), key=str.casefold)
+        here = sorted((c for c in members if not c.away), key=lambda c: c.name.casefold())
+        return [f"@{c.name}" if mark_keepers and c.keeper else c.name for c in here]
 
     def claim_by_code(self, code: str, new_code: str) -> Client | None:
         """The panda whose resume code this is, with its code replaced by
@@ -1167,10 +1211,15 @@ class Grove:
 CommandFunction = Callable[["ChatServer", Client, str], "str | None"]
 
 
+class CommandError(Exception):
+    """A command cannot be done as asked: the message is the error its sender gets."""
+
+
 @dataclass(frozen=True)
 class Command:
     run: CommandFunction
     help: str
+    keepers_only: bool = False  # listed to keepers alone, refused to the others
 
 
 def _reply(server: ChatServer, client: Client, kind: str, text: str) -> None:
@@ -1187,6 +1236,12 @@ def _tell_now(client: Client, kind: str, text: str) -> None:
     client.send(data)
 
 
+def _announce_all(server: ChatServer, kind: str, text: str,
+                  exclude: Client | None = None) -> None:
+    """A line for the whole grove (and its transcript), whatever its size."""
+    server.grove.broadcast(encode_line(system_line(kind, text)), exclude=exclude)
+
+
 def do_bamboo(server: ChatServer, client: Client, arg: str) -> None:
     _reply(server, client, "fact", random_fact())
 
@@ -1198,7 +1253,7 @@ def do_grove(server: ChatServer, client: Client, arg: str) -> None:
 def do_help(server: ChatServer, client: Client, arg: str) -> None:
     server.answer(client, b"".join(
         encode_line(system_line("help", f"{word} - {command.help}"))
-        for word, command in COMMANDS.items()))
+        for word, command in COMMANDS.items() if client.keeper or not command.keepers_only))
 
 
 def do_whisper(server: ChatServer, client: Client, arg: str) -> None:
@@ -1210,13 +1265,40 @@ def do_whisper(server: ChatServer, client: Client, arg: str) -> None:
     elif target is client:
         _reply(server, client, "error", "Whispering to yourself? Your secret is safe with you.")
     elif target is None:
-        _reply(server, client, "error", f"There is no panda called {clean_text(name)} here. "
-                                        "@grove lists who is here.")
+        _reply(server, client, "error", _no_such_panda(name))
+    elif not target.keeper and (refusal := server.speech_refusal(client, chat=False)):
+        _reply(server, client, "error", refusal)  # keepers can always be asked for help
     else:  # in order after what client said before, like everything told
         whisper = encode_line(system_line("whisper", chat_line(client.name, text)))
         client.charge(len(whisper))  # the whisperer pays for what it makes us send
         server.grove.tell(target, whisper)
         _reply(server, client, "whispered", f"to {chat_line(target.name, text)}")
+
+
+def do_me(server: ChatServer, client: Client, arg: str) -> None:
+    text = clean_text(arg.strip())
+    if not text:
+        _reply(server, client, "error", "To act, type: @me waves (everybody sees: * YOU waves)")
+    elif refusal := server.speech_refusal(client, chat=True):
+        _reply(server, client, "error", refusal)
+    else:
+        _announce_all(server, "action", f"{client.name} {text}", exclude=client)
+
+
+def do_nick(server: ChatServer, client: Client, arg: str) -> None:
+    new = unicodedata.normalize("NFC", arg.strip())
+    wait = client.nick_changed_at + NICK_EVERY_S - time.monotonic()
+    if not new:
+        raise CommandError("To change your name, type: @nick NEWNAME")
+    if wait > 0:
+        raise CommandError(f"You can change your name once a minute; "
+                           f"wait {math.ceil(wait)} more seconds.")
+    old = client.name
+    if problem := name_problem(new) or server.grove.rename(client, new):
+        raise CommandError(problem)
+    client.nick_changed_at = time.monotonic()
+    log.info("nick %s is now %s", old, new)
+    _announce_all(server, "nick", f"{old} is now {new}.")
 
 
 def do_leaves(server: ChatServer, client: Client, arg: str) -> str:
@@ -1226,19 +1308,252 @@ def do_leaves(server: ChatServer, client: Client, arg: str) -> str:
     return GOODBYE
 
 
+# --- Keepers: the teacher (or the host) moderates ------------------------------------
+
+
+def _no_such_panda(name: str) -> str:
+    return f"There is no panda called {clean_text(name)} here. @grove lists who is here."
+
+
+def do_keeper(server: ChatServer, client: Client, arg: str) -> str | None:
+    if client.keeper:
+        _reply(server, client, "error", "You are a keeper already.")
+    elif not server.keeper_code:
+        _reply(server, client, "error", "This grove has no keepers.")
+    elif hmac.compare_digest(arg.encode(ENCODING, errors="replace"),
+                             server.keeper_code.encode(ENCODING)):
+        client.keeper = True
+        log.info("keeper %s is now a keeper", client.name)
+        _reply(server, client, "keeper", "You are a keeper of this grove. "
+                                         "@help lists what keepers can do.")
+        _announce_all(server, "keeper", f"{client.name} is now a keeper.", exclude=client)
+    else:
+        client.keeper_failures += 1
+        server.flood_log.info("keeper code", "wrong keeper code from %r", client)
+        if client.keeper_failures >= KEEPER_FAILURES:
+            _tell_now(client, "bye", "Too many wrong keeper codes; goodbye.")
+            return "too many wrong keeper codes"
+        _reply(server, client, "error", "That is not the keeper code.")
+    return None
+
+
+def _target(server: ChatServer, keeper: Client, arg: str, verb: str) -> tuple[Client, str]:
+    """The panda a keeper command names (first word of arg), and the rest of arg."""
+    name, _, rest = arg.partition(" ")
+    if not name:
+        raise CommandError(f"Type: @{verb} NAME")
+    target = server.grove.find(name)
+    if target is None:
+        raise CommandError(_no_such_panda(name))
+    if target is keeper:
+        raise CommandError(f"You cannot {verb} yourself.")
+    if target.keeper:
+        raise CommandError(f"Keepers cannot {verb} keepers.")
+    return target, rest.strip()
+
+
+def _number(text: str, low: float, high: float, what: str) -> float:
+    """text as a number from low to high (above 0 unless low is 0); else a CommandError."""
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not (low <= number <= high and (number > 0 or low == 0)):
+        raise CommandError(f"{clean_text(text)} is not {what} (from {low:g} to {high:g}).")
+    return number
+
+
+def _minutes(text: str) -> float | None:
+    """MINUTES as given (a fraction is fine); None when none was given."""
+    return _number(text, 0.01, MAX_MINUTES, "a number of minutes") if text else None
+
+
+def _for_minutes(minutes: float | None) -> str:
+    return "until the server stops" if minutes is None else f"for {minutes:g} minutes"
+
+
+def do_kick(server: ChatServer, keeper: Client, arg: str) -> None:
+    target, reason = _target(server, keeper, arg, "kick")
+    server.remove_panda(target, keeper, clean_text(reason))
+
+
+def do_ban(server: ChatServer, keeper: Client, arg: str) -> None:
+    target, text = _target(server, keeper, arg, "ban")
+    minutes = _minutes(text)
+    server.moderation.ban(target.address_key, target.name, keeper.name, minutes)
+    log.info("ban %s (%s) %s by %s", target.name, target.address_key, _for_minutes(minutes),
+             keeper.name)
+    server.remove_panda(target, keeper, f"banned {_for_minutes(minutes)}")
+
+
+def do_unban(server: ChatServer, keeper: Client, arg: str) -> None:
+    address = arg.strip()
+    if not address:
+        raise CommandError("Type: @unban ADDRESS (@bans lists them)")
+    if not server.moderation.unban(address):
+        raise CommandError(f"{clean_text(address)} is not banned. @bans lists the bans.")
+    log.info("unban %s by %s", address, keeper.name)
+    _reply(server, keeper, "ban", f"The ban on {address} is lifted.")
+
+
+def do_bans(server: ChatServer, keeper: Client, arg: str) -> None:
+    bans = server.moderation.bans()
+    lines = [f"{address} {ban.name} ({ban.left()}), by {ban.by}" for address, ban in bans]
+    server.answer(keeper, b"".join(encode_line(system_line("ban", line))
+                                   for line in lines or ["No bans."]))
+
+
+def do_mute(server: ChatServer, keeper: Client, arg: str) -> None:
+    target, text = _target(server, keeper, arg, "mute")
+    minutes = _minutes(text) or DEFAULT_MUTE_MINUTES
+    until = time.monotonic() + minutes * 60
+    target.muted_until = until
+    log.info("mute %s for %g minutes by %s", target.name, minutes, keeper.name)
+    _announce_all(server, "mute", f"{target.name} was muted by {keeper.name} "
+                                  f"for {minutes:g} minutes.")
+    server.schedule_unmute(target, until)
+
+
+def do_unmute(server: ChatServer, keeper: Client, arg: str) -> None:
+    target, _ = _target(server, keeper, arg, "unmute")
+    if not target.muted_until:
+        raise CommandError(f"{target.name} is not muted.")
+    target.muted_until = 0.0
+    log.info("unmute %s by %s", target.name, keeper.name)
+    _announce_all(server, "unmute", f"{target.name} can talk again.")
+
+
+def _grove_switch(attribute: str, on: bool, kind: str, text: str) -> CommandFunction:
+    """A keeper command that turns one of the grove's rules on or off, once."""
+    def run(server: ChatServer, keeper: Client, arg: str) -> None:
+        if getattr(server.moderation, attribute) == on:
+            raise CommandError(f"The grove is {'' if on else 'not '}{attribute} already.")
+        setattr(server.moderation, attribute, on)
+        log.info("%s by %s", kind, keeper.name)
+        _announce_all(server, kind, text.format(keeper=keeper.name))
+    return run
+
+
+def do_slowmode(server: ChatServer, keeper: Client, arg: str) -> None:
+    if not arg:
+        raise CommandError(f"Type: @slowmode SECONDS (up to {MAX_SLOWMODE_S:g}; 0 ends it)")
+    seconds = _number(arg, 0, MAX_SLOWMODE_S, "a number of seconds")
+    server.moderation.slowmode_s = seconds
+    log.info("slowmode %g s by %s", seconds, keeper.name)
+    _announce_all(server, "slowmode", slowmode_text(keeper.name, seconds))
+
+
+def do_announce(server: ChatServer, keeper: Client, arg: str) -> None:
+    if not (text := clean_text(arg.strip())):
+        raise CommandError("Type: @announce TEXT")
+    log.info("announce by %s", keeper.name)
+    _announce_all(server, "announce", chat_line(keeper.name, text))
+
+
+def slowmode_text(keeper: str, seconds: float) -> str:
+    if not seconds:
+        return f"{keeper} ended slow mode."
+    return f"{keeper} started slow mode: one line every {seconds:g} seconds each."
+
+
 COMMANDS: dict[str, Command] = {
     "@bamboo": Command(do_bamboo, "a random panda fact, to you alone"),
-    "@grove": Command(do_grove, "who is in the grove"),
+    "@grove": Command(do_grove, "who is in the grove (@ marks keepers)"),
     "@help": Command(do_help, "this list of commands"),
     "@leaves": Command(do_leaves, "say goodbye and leave the grove"),
+    "@me": Command(do_me, "@me text: an action, shown as * YOU text"),
+    "@nick": Command(do_nick, "@nick NEWNAME: change your name (once a minute)"),
     "@whisper": Command(do_whisper, "@whisper NAME text: a private message to NAME alone"),
+    "@keeper": Command(do_keeper, "@keeper CODE: become a keeper (the code is in the "
+                                  "server's terminal)"),
+    "@kick": Command(do_kick, "@kick NAME [reason]: remove NAME from the grove",
+                     keepers_only=True),
+    "@ban": Command(do_ban, "@ban NAME [MINUTES]: remove NAME and keep their address out "
+                            "(default: until the server stops)", keepers_only=True),
+    "@unban": Command(do_unban, "@unban ADDRESS: lift a ban", keepers_only=True),
+    "@bans": Command(do_bans, "the bans: address, name, time left", keepers_only=True),
+    "@mute": Command(do_mute, f"@mute NAME [MINUTES]: NAME cannot talk for a while "
+                              f"(default {DEFAULT_MUTE_MINUTES:g})", keepers_only=True),
+    "@unmute": Command(do_unmute, "@unmute NAME: end a mute", keepers_only=True),
+    "@slowmode": Command(do_slowmode, "@slowmode SECONDS: one chat line per SECONDS each "
+                                      "(0 ends it)", keepers_only=True),
+    "@announce": Command(do_announce, "@announce TEXT: a line everybody sees stand out",
+                         keepers_only=True),
 }
 
 
-def unknown_command_reply(word: str) -> str:
-    close = difflib.get_close_matches(word.lower(), COMMANDS, n=1, cutoff=0.6)
+# The keepers' switches: word, the rule it sets (and to what), the line the
+# grove gets, and the help line.
+_SWITCHES = [
+    ("@lock", "locked", True, "{keeper} locked the grove: no newcomers for now.",
+     "no newcomers for now (resumes still come back)"),
+    ("@unlock", "locked", False, "{keeper} unlocked the grove: newcomers are welcome.",
+     "newcomers welcome again"),
+    ("@hush", "hushed", True, "Only keepers can talk for now ({keeper} hushed the grove).",
+     "announcement mode: only keepers can talk"),
+    ("@unhush", "hushed", False, "Everybody can talk again ({keeper} ended the hush).",
+     "everybody can talk again"),
+]
+COMMANDS.update({word: Command(_grove_switch(rule, on, word[1:], text), help, keepers_only=True)
+                 for word, rule, on, text, help in _SWITCHES})
+
+
+def unknown_command_reply(word: str, keeper: bool = False) -> str:
+    words = [word for word, command in COMMANDS.items() if keeper or not command.keepers_only]
+    close = difflib.get_close_matches(word.lower(), words, n=1, cutoff=0.6)
     hint = f" Did you mean {close[0]}?" if close else ""
-    return f"Unknown command {clean_text(word)}.{hint} Commands: {' '.join(COMMANDS)}"
+    return f"Unknown command {clean_text(word)}.{hint} Commands: {' '.join(words)}"
+
+
+@dataclass
+class Ban:
+    name: str  # the panda banned, as it was called
+    by: str  # the keeper who banned it
+    until: float | None  # time.monotonic() when it ends; None: when the server stops
+
+    def left(self) -> str:
+        if self.until is None:
+            return "until the server stops"
+        return f"{max(0.0, self.until - time.monotonic()) / 60:.1f} minutes left"
+
+
+class Moderation:
+    """The grove's rules that keepers set: locked, hushed, slow mode, and bans.
+
+    The flags are read by every reader and set by one keeper command at a
+    time; a bool or float is read whole under the GIL, so they need no lock.
+    The bans (by address_key) have one.
+    """
+
+    def __init__(self) -> None:
+        self.locked = False
+        self.hushed = False
+        self.slowmode_s = 0.0
+        self._bans: dict[str, Ban] = {}
+        self._lock = threading.Lock()
+
+    def ban(self, address: str, name: str, by: str, minutes: float | None) -> None:
+        until = None if minutes is None else time.monotonic() + minutes * 60
+        with self._lock:
+            self._bans[address] = Ban(name, by, until)
+
+    def unban(self, address: str) -> bool:
+        with self._lock:
+            return self._bans.pop(address, None) is not None
+
+    def ban_on(self, address: str) -> Ban | None:
+        """The ban on address now, if there is one (ended bans are forgotten)."""
+        with self._lock:
+            ban = self._bans.get(address)
+            if ban is not None and ban.until is not None and ban.until <= time.monotonic():
+                del self._bans[address]
+                return None
+            return ban
+
+    def bans(self) -> list[tuple[str, Ban]]:
+        with self._lock:
+            addresses = list(self._bans)
+        return [(address, ban) for address in addresses if (ban := self.ban_on(address))]
 
 
 # --- The server -----------------------------------------------------------------
@@ -1531,8 +1846,9 @@ class ChatServer:
     (how big it may grow before it becomes FILE.1). Policies that change what others see
     are off by default here, so that a program embedding the server opts in;
     the command line (main) turns flood control, the per-address limit and
-    resume on. address is the (host, port) actually bound; port 0 picks a
-    free port.
+    resume on. keeper_code is what "@keeper CODE" must say to make a panda a
+    keeper ("" for no keepers). address is the (host, port) actually bound;
+    port 0 picks a free port.
     """
 
     def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
@@ -1543,6 +1859,7 @@ class ChatServer:
                  rate_limit: float = 0.0, burst: int = DEFAULT_BURST,
                  byte_rate: float = FLOOD_BYTES_PER_S, byte_burst: int = FLOOD_BYTE_BURST,
                  resume_window: float = 0.0,
+                 keeper_code: str = "",
                  tls: ssl.SSLContext | None = None,
                  transcript: str | os.PathLike[str] | None = None,
                  transcript_max_bytes: int = int(DEFAULT_TRANSCRIPT_MAX_MB
@@ -1558,6 +1875,8 @@ class ChatServer:
         self.rate_limit = rate_limit
         self._byte_budget = (byte_rate, byte_burst)
         self.resume_window = resume_window
+        self.keeper_code = keeper_code
+        self.moderation = Moderation()
         self.tls = tls
         self._scheduler = Scheduler()
         self.burst = burst
@@ -1576,7 +1895,7 @@ class ChatServer:
         self._connections_lock = threading.Lock()
         self._resume_failures: dict[str, tuple[float, int]] = {}  # address: window start, count
         self._resume_failures_lock = threading.Lock()
-        self._flood_log = RateLimitedLog()
+        self.flood_log = RateLimitedLog()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -1679,7 +1998,7 @@ class ChatServer:
                 self._unregister([client])
                 refusal = (f"The grove is full ({_pandas(self.max_clients)}). "
                            "Please try again later.")
-        self._flood_log.info(f"full {client.address_key}", "refused %s: %s",
+        self.flood_log.info(f"full {client.address_key}", "refused %s: %s",
                              client.address_key, refusal)
         _tell_now(client, "full", refusal)
         client.close()
@@ -1691,6 +2010,8 @@ class ChatServer:
             if len(self._connections) >= self.max_clients:
                 return (f"The grove is full ({_pandas(self.max_clients)}). "
                         "Please try again later.")
+            if (ban := self.moderation.ban_on(key)) is not None:
+                return (f"You are banned from this grove by {ban.by} ({ban.left()}).")
             if self.max_per_address and self._per_address.get(key, 0) >= self.max_per_address:
                 return (f"Too many connections from your address ({self.max_per_address} at "
                         "most per address; everybody behind one router shares one). "
@@ -1784,7 +2105,7 @@ class ChatServer:
             chat.clear()
         if not client.flood.lines.throttled:
             client.flood.lines.throttled = True
-            self._flood_log.info("slow", "slow %r: over %g lines a second", client,
+            self.flood_log.info("slow", "slow %r: over %g lines a second", client,
                                  client.flood.lines.rate)
             notice = (f"Slow down! Over {client.flood.lines.rate:g} lines a second; "
                       "your lines are queued and will all be delivered.")
@@ -1827,6 +2148,10 @@ class ChatServer:
                         _tell_now(client, "bye", "Too many wrong resume codes; goodbye.")
                         return "too many wrong resume codes"
                     continue
+                if self.moderation.locked:
+                    _tell_now(client, "full", "The grove is locked by its keepers: no newcomers "
+                                              "for now. Please try again later.")
+                    return "the grove is locked"
                 name = unicodedata.normalize("NFC", name)  # the form name_problem counts
                 problem = name_problem(name) or self.grove.add(client, name)
                 if problem:
@@ -1846,9 +2171,10 @@ class ChatServer:
             "welcome", f"Welcome to the grove, {name}! Type @help for the commands."))
             + self._resume_line(client))
         with self._history_lock:  # see _relay; sending is non-blocking
-            count = self.grove.admit(client)
+            count, went_quiet = self.grove.admit(client)
             client.send(b"".join(encode_line(system_line("history", line))
                                  for line in self._history))
+        client.send(self._rules_now())
         log.info("join %s (%s)", name, _pandas(count))
         if count <= ANNOUNCE_LIMIT:
             client.send(self.grove_listing())
@@ -1858,7 +2184,7 @@ class ChatServer:
                 "quiet", f"Over {_pandas(ANNOUNCE_LIMIT)} are here, so joins and leaves are "
                          "no longer announced. @grove lists everybody."))
             client.send(quiet)
-            if count == ANNOUNCE_LIMIT + 1:
+            if went_quiet:
                 self.grove.broadcast(quiet, exclude=client)
 
     def _chat(self, client: Client, lines: list[str | object]) -> str:
@@ -1884,7 +2210,10 @@ class ChatServer:
             elif not line.strip():
                 continue  # nothing to say is never broadcast
             elif not line.startswith("@"):
-                chat.append(self._chat_line(client, line.rstrip()))
+                if refusal := self.speech_refusal(client, chat=True):
+                    _reply(self, client, "error", refusal)
+                else:
+                    chat.append(self._chat_line(client, line.rstrip()))
             else:
                 self._relay(client, chat)  # what was said before a command goes first
                 chat = []
@@ -1926,10 +2255,70 @@ class ChatServer:
     def _run_command(self, client: Client, text: str) -> str | None:
         word, _, arg = text.partition(" ")
         command = COMMANDS.get(word.lower())
-        if command is None:
-            _reply(self, client, "error", unknown_command_reply(word))
+        if command is None or (command.keepers_only and not client.keeper):
+            if command is None or not self.keeper_code:
+                _reply(self, client, "error", unknown_command_reply(word, client.keeper))
+            else:
+                _reply(self, client, "error", f"Only keepers can use {word.lower()}.")
             return None
-        return command.run(self, client, arg.strip())
+        try:
+            return command.run(self, client, arg.strip())
+        except CommandError as exc:
+            _reply(self, client, "error", str(exc))
+            return None
+
+    # --- keepers ------------------------------------------------------------
+
+    def speech_refusal(self, client: Client, chat: bool) -> str | None:
+        """Why client may not talk now (a mute, a hush, slow mode for a chat
+        line), or None; keepers always may. A chat line allowed in slow mode
+        starts the wait for the next."""
+        if client.keeper:
+            return None
+        now = time.monotonic()
+        if client.muted_until > now:
+            return (f"You are muted for {(client.muted_until - now) / 60:.1f} more minutes; "
+                    "you can still whisper to a keeper.")
+        if self.moderation.hushed:
+            return ("The grove is hushed: only keepers can talk for now; "
+                    "you can still whisper to a keeper.")
+        if chat and (slow := self.moderation.slowmode_s):
+            if (wait := client.spoke_at + slow - now) > 0:
+                return f"Slow mode: wait {math.ceil(wait)} more seconds before your next line."
+            client.spoke_at = now
+        return None
+
+    def remove_panda(self, target: Client, keeper: Client, reason: str) -> None:
+        """A keeper's kick: target is told why and closed, and does not come
+        back by resume; the others see it leave, removed by the keeper."""
+        why = f"removed by {keeper.name}" + (f": {reason}" if reason else "")
+        log.info("kick %s (%s)", target.name, why)
+        target.removed = True
+        if target.away:  # no connection to close: it leaves now
+            self._leave(self.grove.remove(target), target, why, log_it=False)
+            return
+        target.send(encode_line(system_line(
+            "kick", f"You were removed from the grove by {keeper.name}"
+                    + (f" ({reason})." if reason else "."))))
+        target.hang_up(why)
+
+    def schedule_unmute(self, target: Client, until: float) -> None:
+        """When target's mute ends, say so (unless it was ended or renewed)."""
+        def unmute() -> None:
+            if target.muted_until == until and self.grove.find(target.name) is target:
+                target.muted_until = 0.0
+                _announce_all(self, "unmute", f"{target.name} can talk again.")
+        self._scheduler.call_at(until, unmute)
+
+    def _rules_now(self) -> bytes:
+        """For a newcomer: the keepers' rules in force (hush, slow mode)."""
+        lines = []
+        if self.moderation.hushed:
+            lines.append(system_line("hush", "Only keepers can talk for now."))
+        if seconds := self.moderation.slowmode_s:
+            lines.append(system_line("slowmode", f"Slow mode: one line every {seconds:g} "
+                                                 "seconds each."))
+        return b"".join(encode_line(line) for line in lines)
 
     # --- resume -------------------------------------------------------------
 
@@ -1993,7 +2382,7 @@ class ChatServer:
             start, count = self._resume_failures.get(client.address_key, (now, 0))
             refused = count >= RESUME_FAILURES_PER_ADDRESS and now - start < RESUME_FAILURE_WINDOW_S
         if refused:
-            self._flood_log.info("resume refused", "resume refused for %s: %d wrong codes "
+            self.flood_log.info("resume refused", "resume refused for %s: %d wrong codes "
                                  "within %g s", client.address_key, count,
                                  RESUME_FAILURE_WINDOW_S)
             client.resume_failures += 1
@@ -2013,7 +2402,7 @@ class ChatServer:
                 for key, (began, _) in list(self._resume_failures.items()):
                     if now - began >= RESUME_FAILURE_WINDOW_S:
                         del self._resume_failures[key]
-        self._flood_log.info("resume failed", "wrong resume code from %r", client)
+        self.flood_log.info("resume failed", "wrong resume code from %r", client)
 
     # --- ending ---------------------------------------------------------------
 
@@ -2046,7 +2435,7 @@ class ChatServer:
         if reason == SLOW_READER:
             log.warning("drop %s: %s", client.name, reason)
         if (self.resume_window > 0 and not self._closing and reason != GOODBYE
-                and self._keep_for_resume(client, reason, log_it)):
+                and not client.removed and self._keep_for_resume(client, reason, log_it)):
             return "lost (kept for resume)"
         self._leave(self.grove.remove(client), client, reason, log_it)
         return "left"
@@ -2055,7 +2444,7 @@ class ChatServer:
         """Keep client away for resume; False when there is no room for it."""
         per_address = self.max_per_address or MAX_AWAY
         if not self.grove.mark_away(client, per_address):
-            self._flood_log.info("away full", "no room to keep %s for resume (%d away in all, "
+            self.flood_log.info("away full", "no room to keep %s for resume (%d away in all, "
                                  "at most %d per address)", client.name, MAX_AWAY, per_address)
             return False
         client.go_away()
@@ -2084,7 +2473,7 @@ class ChatServer:
 
     def grove_listing(self) -> bytes:
         """The grove line (and its more lines) for everybody here."""
-        names = self.grove.names()
+        names = self.grove.names(mark_keepers=True)
         kind, words, width = "grove", [f"{_pandas(len(names))} here:"], 0
         out: list[bytes] = []
         for name in names:
@@ -2331,6 +2720,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         metavar="S", help="seconds a panda whose connection dropped keeps its "
                                           "name and missed lines; 0 turns resume off "
                                           "(default %(default)g)")
+    parser.add_argument("--keeper-code", metavar="CODE",
+                        help="the code that makes a panda a keeper (\"@keeper CODE\"); "
+                             "default: a random one, printed at start; '' for no keepers")
     parser.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate "
                                                          "(chain) file; needs --tls-key")
     parser.add_argument("--tls-key", metavar="PEM", help="the private key for --tls-cert")
@@ -2353,6 +2745,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
     threading.stack_size(THREAD_STACK_BYTES)
     fd_limit = raise_descriptor_limit()
+    keeper_code = (secrets.token_urlsafe(KEEPER_CODE_BYTES) if args.keeper_code is None
+                   else args.keeper_code)
     try:
         tls = tls_context(args.tls_cert, args.tls_key)
     except (OSError, ssl.SSLError, ValueError) as exc:
@@ -2364,7 +2758,7 @@ def main(argv: list[str] | None = None) -> int:
                             name_timeout=args.name_timeout, history=args.history,
                             rate_limit=args.rate_limit, burst=args.burst,
                             resume_window=args.resume_window, tls=tls,
-                            transcript=args.transcript,
+                            keeper_code=keeper_code, transcript=args.transcript,
                             transcript_max_bytes=int(args.transcript_max_mb
                                                      * TRANSCRIPT_BYTES_PER_MB))
     except TranscriptError as exc:
@@ -2387,6 +2781,9 @@ def main(argv: list[str] | None = None) -> int:
              shown, port, " with TLS" if tls else "", _pandas(server.max_clients), fd_limit)
     for line in who_can_join(host, port, tls is not None):
         log.info("%s", line)
+    if keeper_code:  # a line of its own: the person at this terminal alone sees it
+        log.info('Keeper code: %s (type "@keeper %s" in a client to moderate)',
+                 keeper_code, keeper_code)
     with server:
         server.serve_forever()
     print("Panda Chat server stopped. Goodbye from the grove!", file=sys.stderr)

@@ -106,6 +106,31 @@ def test_whispers_and_answers_are_never_written(path: Path) -> None:
         r"\* (grove|help|fact|error|whisper|whispered|welcome|resume):", line)], lines
 
 
+def test_keepers_actions_and_moderation_are_written_but_not_what_one_panda_is_told(
+        path: Path) -> None:
+    with running_server(transcript=path, keeper_code="sesame") as server:
+        alice, bob, teacher = pandas(server, "Alice", "Bob", "Teacher")
+        teacher.send("@keeper sesame")
+        teacher.expect(r"^\* keeper: You are a keeper")
+        for command in ("@me waves", "@nick Alicia"):
+            alice.send(command)
+        sync(alice)  # in the transcript before what the teacher says next
+        teacher.send("@announce Quiet now, please")
+        teacher.send("@mute Bob 1")
+        teacher.send("@kick Bob too loud")
+        assert "* kick: You were removed from the grove by Teacher (too loud)." in (
+            bob.read_until_eof())
+        lines = wait_for_line(path, "* leave: Bob left the grove (removed by Teacher: too loud).")
+    assert lines[3:] == [
+        "* keeper: Teacher is now a keeper.",
+        "* action: Alice waves",
+        "* nick: Alice is now Alicia.",
+        "* announce: Teacher: Quiet now, please",
+        "* mute: Bob was muted by Teacher for 1 minutes.",
+        "* leave: Bob left the grove (removed by Teacher: too loud).",
+    ], lines
+
+
 def test_a_line_is_written_within_a_second_without_a_shutdown(path: Path) -> None:
     with running_server(transcript=path) as server:
         alice, bob = pandas(server, "Alice", "Bob")
