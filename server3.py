@@ -27,6 +27,8 @@ on them. Writing never blocks anybody:
 - A connection ends almost without work in its own thread: it hands itself to
   the Reaper, which removes, logs and announces ended connections in batches,
   so that thousands ending at once do not queue for the same locks.
+- With --transcript, everything broadcast is also handed to the Transcript, whose
+  one writer thread appends it to the file: a slow or full disk never delays chat.
 
 Runs on Windows, macOS and Linux with the standard library alone. Sockets are
 non-blocking; each reader waits on its one socket (poll() where the platform has
