@@ -26,6 +26,7 @@ from server3 import (
     ChatServer,
     Transcript,
     TranscriptError,
+    parse_args,
 )
 
 try:
@@ -173,6 +174,28 @@ def test_past_its_size_the_transcript_becomes_file_1_and_a_new_one_begins(path: 
     assert chat == texts[-len(chat):], lines  # in order, the newest last, no gap
     assert texts[0] not in chat, "the first FILE.1 should have been replaced since"
     assert lines[-1] == "* shutdown: The server is shutting down. Goodbye!", lines
+
+
+def test_the_command_line_takes_the_size_in_mb_a_fraction_too(path: Path) -> None:
+    assert parse_args([]).transcript is None  # off unless asked for
+    assert parse_args(["--transcript-max-mb", "0.5"]).transcript_max_mb == 0.5
+    for bad in ("0", "-1", "lots"):
+        with pytest.raises(SystemExit):
+            parse_args(["--transcript-max-mb", bad])
+    port = free_port()
+    server = ServerProcess("--port", str(port), "--transcript", str(path),
+                           "--transcript-max-mb", "0.0002")  # 200 bytes
+    try:
+        server.wait_for_stderr(rf"listening on .*\b{port}\b")
+        alice = joined(("127.0.0.1", port), "Alice")
+        for n in range(6):
+            alice.send(f"line {n} of the lesson")
+            wait_for_line(path, f"Alice: line {n} of the lesson")
+        server.wait_for_stderr(r"transcript: .* is full \(\d+ bytes\); it is .*\.1 now")
+    finally:
+        server.kill()
+    assert path.stat().st_size <= 200
+    assert 0 < Path(f"{path}.1").stat().st_size <= 200
 
 
 def test_a_line_longer_than_the_whole_size_gets_a_file_of_its_own(path: Path) -> None:
