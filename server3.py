@@ -27,6 +27,8 @@ on them. Writing never blocks anybody:
 - A connection ends almost without work in its own thread: it hands itself to
   the Reaper, which removes, logs and announces ended connections in batches,
   so that thousands ending at once do not queue for the same locks.
+- With --transcript, everything broadcast is also handed to the Transcript, whose
+  one writer thread appends it to the file: a slow or full disk never delays chat.
 
 Runs on Windows, macOS and Linux with the standard library alone. Sockets are
 non-blocking; each reader waits on its one socket (poll() where the platform has
@@ -41,9 +43,13 @@ import difflib
 import errno
 import heapq
 import hmac
+import io
+import ipaddress
 import logging
 import math
+import os
 import queue
+import re
 import secrets
 import select
 import selectors
@@ -72,6 +78,7 @@ from protocol import (
     chat_line,
     clean_text,
     encode_line,
+    parse_line,
     system_line,
 )
 
@@ -1070,6 +1077,8 @@ class Grove:
     broadcast() sends to everybody admitted, on a snapshot, outside the lock;
     tell() to one panda. Both go through the one Broadcaster, so that each
     panda gets everything in the order the grove said it.
+    Everything broadcast is also handed to record(data), when it is set (the
+    transcript); nothing told is.
     """
 
     def __init__(self) -> None:
@@ -1084,6 +1093,9 @@ class Grove:
         # What broadcast() walks: a copy of _listeners, made again only when a
         # broadcast finds it out of date, so that a change costs O(1).
         self._snapshot: Listeners | None = ()
+        # Given everything broadcast (the transcript's record, when there is one);
+        # never what tell() sends to one panda.
+        self.record: Callable[[bytes], None] | None = None
 
     def add(self, client: Client, name: str) -> str | None:
         """Give client the name; the reason why not when it is taken, or looks
@@ -1210,6 +1222,8 @@ class Grove:
                   listeners: Listeners | None = None) -> None:
         """Send data to everybody (or to listeners, taken earlier) but exclude,
         in order after every broadcast before it."""
+        if self.record is not None:
+            self.record(data)
         self.broadcaster.put(data, exclude, self.listeners() if listeners is None else listeners)
 
     def tell(self, client: Client, data: bytes) -> None:
@@ -1577,6 +1591,267 @@ class ServerStopping(Exception):
     """Raised in a connection's thread that was waiting when the server began to stop."""
 
 
+# --- The transcript -------------------------------------------------------------
+
+# --transcript-max-mb: 100 MB holds about a million chat lines, years of lessons.
+DEFAULT_TRANSCRIPT_MAX_MB = 100.0
+TRANSCRIPT_BYTES_PER_MB = 1_000_000
+# The writer writes what gathered this often while lines come: together, they
+# are one write, and every line is in the file within a second.
+TRANSCRIPT_WRITE_EVERY_S = 0.5
+# Lines waiting for the writer: a disk that stalls for minutes costs at most this
+# much memory (tens of thousands of lines); past it the oldest are dropped.
+TRANSCRIPT_QUEUE_BYTES = 4 * 1024 * 1024
+# How long close() waits for the last lines to be written: a healthy disk takes
+# milliseconds, and the whole stop must stay under 2 s.
+TRANSCRIPT_STOP_S = 0.3
+# History is read back from the end of a transcript in blocks this big, and at
+# most this much in all: 50 chat lines among thousands of joins, never 100 MB.
+READ_BACK_BLOCK_BYTES = 64 * 1024
+READ_BACK_LIMIT_BYTES = 4 * 1024 * 1024
+TRANSCRIPT_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+# A transcript line: its local date and time, and the line as the grove got it.
+TRANSCRIPT_LINE = re.compile(r"\d{4}-\d\d-\d\d (?P<hhmm>\d\d:\d\d):\d\d (?P<line>.*)")
+
+Said = tuple[float, bytes]  # when (time.time()), and what the grove was sent
+
+
+class TranscriptError(Exception):
+    """The transcript cannot be read or opened for writing: the server does not start."""
+
+
+class Transcript:
+    """The grove's transcript: every line the whole grove is sent, with its
+    local date and time, appended to a plain UTF-8 file by one writer thread.
+
+    record(data), from any thread, hands it what was broadcast (wire lines,
+    already escaped): it only appends to a queue, never waits for the disk and
+    never raises. start() starts the writer; stop(timeout) has it write what
+    is waiting and close the file, waiting at most timeout. chat_history(path,
+    count) reads the last chat lines of a transcript back, for the history.
+
+    The writer wakes when lines come and writes what gathered in
+    TRANSCRIPT_WRITE_EVERY_S as one unbuffered write, so each line is in the
+    file within a second. The file never grows past max_bytes: when the next
+    line would take it past, the file is renamed PATH.1 (replacing the PATH.1
+    before) and a new PATH begins (a line longer than max_bytes gets a new file
+    of its own). A line is never split between the two files.
+
+    The constructor opens the file, or raises TranscriptError. A write that
+    fails later (disk full) is logged once; what it wrote is cut off again, so
+    the file holds whole lines only, and its lines are lost. Every later write
+    tries again, and the first that works logs how many lines were lost. When
+    more than TRANSCRIPT_QUEUE_BYTES wait (the disk stalled), the oldest
+    waiting lines are dropped, and one log line says how many.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], max_bytes: int) -> None:
+        self.path = os.fspath(path)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._waiting = threading.Condition(self._lock)  # lines came, or stop()
+        self._queue: deque[Said] = deque()
+        self._queued_bytes = 0
+        self._dropped = 0  # lines dropped from the full queue, not yet logged
+        self._stopping = False
+        self._lost = 0  # lines lost to write errors since the last write that worked
+        self._torn = False  # a failed write left a cut line that could not be cut off
+        self._file: io.FileIO | None = None
+        self._size = 0  # of the file, in bytes
+        try:
+            self._open_file()
+        except OSError as exc:
+            raise TranscriptError(f"cannot write the transcript {self.path}: "
+                                  f"{exc.strerror or exc}") from exc
+        self._thread = threading.Thread(target=self._run, name="transcript", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def record(self, data: bytes) -> None:
+        """Keep data (one or more lines, each ending in "\\n") for the file."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._queue.append((time.time(), data))
+            self._queued_bytes += len(data)
+            while self._queued_bytes > TRANSCRIPT_QUEUE_BYTES:
+                _, old = self._queue.popleft()
+                self._queued_bytes -= len(old)
+                self._dropped += old.count(b"\n")
+            if len(self._queue) == 1:  # the writer may be waiting for a first line
+                self._waiting.notify()
+
+    def stop(self, timeout: float) -> None:
+        """Write what is waiting and close the file, waiting at most timeout."""
+        with self._lock:
+            self._stopping = True
+            self._waiting.notify()
+        if self._thread.ident is None:  # never started: nobody else writes
+            self._run()
+        elif self._thread.is_alive():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("transcript: the last lines are still being written to %s "
+                            "(the disk is slow)", self.path)
+
+    @staticmethod
+    def chat_history(path: str | os.PathLike[str], count: int) -> list[str]:
+        """The last count chat lines of the transcript at path (and of PATH.1
+        before it, when PATH has fewer), as history entries "[HH:MM] NAME: text".
+        No file is no history; one that cannot be read raises TranscriptError."""
+        path = os.fspath(path)
+        entries: list[str] = []
+        for name in (path, path + ".1"):
+            if len(entries) >= count:
+                break
+            try:
+                entries[:0] = _tail_chat(name, count - len(entries))
+            except OSError as exc:
+                raise TranscriptError(f"cannot read the transcript {name}: "
+                                      f"{exc.strerror or exc}") from exc
+        return entries
+
+    # --- the writer thread ------------------------------------------------
+
+    def _run(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            try:
+                self._write_batch(batch)
+            except Exception:  # a bug: log it, and keep the transcript going
+                log.exception("transcript: writing %d lines failed", len(batch))
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _next_batch(self) -> list[Said] | None:
+        """Wait for lines, and a little more for those that come with them;
+        take them all. None once stopping and everything is written."""
+        with self._waiting:
+            while not self._queue and not self._stopping:
+                self._waiting.wait()
+            if not self._stopping:
+                self._waiting.wait(TRANSCRIPT_WRITE_EVERY_S)  # stop() ends it early
+            batch = list(self._queue)
+            self._queue.clear()
+            self._queued_bytes = 0
+            dropped, self._dropped = self._dropped, 0
+        if dropped:
+            log.warning("transcript: %d lines were dropped: %s did not keep up",
+                        dropped, self.path)
+        return batch if batch or not self._stopping else None
+
+    def _write_batch(self, batch: list[Said]) -> None:
+        lines = _stamped(batch)
+        written = 0
+        try:
+            while written < len(lines):
+                written += self._write_some(lines[written:])
+        except OSError as exc:
+            if not self._lost:
+                log.warning("transcript: cannot write %s: %s; the chat goes on, and the "
+                            "next lines will be tried again", self.path, exc.strerror or exc)
+            self._lost += len(lines) - written
+            return
+        if self._lost:
+            log.warning("transcript: writing to %s again after losing %d line%s",
+                        self.path, self._lost, "" if self._lost == 1 else "s")
+            self._lost = 0
+
+    def _write_some(self, lines: list[bytes]) -> int:
+        """Write the first of lines that fit in the file, after starting a new
+        file if none does; how many were written. On an error, what this write
+        wrote is cut off again, and OSError is raised."""
+        file = self._open_file()
+        room, fitting, size = self.max_bytes - self._size, 0, 0
+        while fitting < len(lines) and size + len(lines[fitting]) <= room:
+            size += len(lines[fitting])
+            fitting += 1
+        if fitting == 0 and self._size > 0:
+            self._rotate()
+            return 0
+        fitting = max(fitting, 1)  # a line longer than max_bytes, in a file of its own
+        data = (b"\n" if self._torn else b"") + b"".join(lines[:fitting])
+        done = 0
+        try:
+            while done < len(data):
+                done += file.write(memoryview(data)[done:])
+        except OSError:
+            try:
+                os.ftruncate(file.fileno(), self._size)
+            except OSError:  # rare: cutting needs no room; the next write ends the cut line
+                self._size += done
+                self._torn = done > 0 or self._torn
+            raise
+        self._size += len(data)
+        self._torn = False
+        return fitting
+
+    def _open_file(self) -> io.FileIO:
+        if self._file is None:
+            # Unbuffered: each write reaches the kernel, where grep sees it.
+            self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 (kept open)
+            self._size = os.fstat(self._file.fileno()).st_size
+        return self._file
+
+    def _rotate(self) -> None:
+        """PATH becomes PATH.1, replacing the one before; the next write opens a new PATH."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        os.replace(self.path, self.path + ".1")
+        log.info("transcript: %s is full (%d bytes); it is %s.1 now, and a new one begins",
+                 self.path, self._size, self.path)
+        self._size = 0
+
+
+def _stamped(batch: list[Said]) -> list[bytes]:
+    """The transcript lines for what was said: local date and time, a space,
+    the line as sent, "\\n"."""
+    lines: list[bytes] = []
+    second, stamp = -1, b""
+    for when, data in batch:
+        if int(when) != second:
+            second = int(when)
+            stamp = time.strftime(TRANSCRIPT_TIME_FORMAT, time.localtime(when)).encode() + b" "
+        lines.extend(stamp + line + b"\n" for line in data.split(b"\n") if line)
+    return lines
+
+
+def _tail_chat(path: str, count: int) -> list[str]:
+    """The last count chat lines of the file at path as history entries, read
+    from its end back (at most READ_BACK_LIMIT_BYTES); none if there is no file."""
+    if count <= 0:
+        return []
+    try:
+        file = open(path, "rb")  # noqa: SIM115 (closed below)
+    except FileNotFoundError:
+        return []
+    found: list[str] = []  # newest first
+    with file:
+        end = position = file.seek(0, os.SEEK_END)
+        partial = b""  # the start of a line whose beginning is further back
+        while position > 0 and len(found) < count and end - position < READ_BACK_LIMIT_BYTES:
+            step = min(READ_BACK_BLOCK_BYTES, position)
+            position -= step
+            file.seek(position)
+            lines = (file.read(step) + partial).split(b"\n")
+            partial = lines.pop(0) if position > 0 else b""
+            for raw in reversed(lines):
+                if (entry := _history_entry(raw)) is not None:
+                    found.append(entry)
+    return found[:count][::-1]
+
+
+def _history_entry(raw: bytes) -> str | None:
+    """A transcript line as a history entry, if it is a chat line."""
+    match = TRANSCRIPT_LINE.fullmatch(raw.decode(ENCODING, errors="replace"))
+    if match is None or parse_line(match["line"]).kind != "chat":
+        return None
+    # Escaped when it was sent; escaped again in case the file was edited since.
+    return f"[{match['hhmm']}] {clean_text(match['line'])}"
+
+
 class ChatServer:
     """The Panda Chat server.
 
@@ -1592,8 +1867,11 @@ class ChatServer:
     (seconds), history (chat lines replayed to newcomers, 0 for none),
     rate_limit and burst (flood control; a rate_limit of 0 turns it all off;
     byte_rate and byte_burst are its byte budget, for tests),
-    resume_window (seconds a dropped panda may come back in; 0 for never) and
-    tls (an ssl.SSLContext to serve TLS). Policies that change what others see
+    resume_window (seconds a dropped panda may come back in; 0 for never),
+    tls (an ssl.SSLContext to serve TLS), transcript (a file to append every
+    line the grove is sent to, and to read the history back from; see
+    Transcript; TranscriptError when it cannot be) and transcript_max_bytes
+    (how big it may grow before it becomes FILE.1). Policies that change what others see
     are off by default here, so that a program embedding the server opts in;
     the command line (main) turns flood control, the per-address limit and
     resume on. keeper_code is what "@keeper CODE" must say to make a panda a
@@ -1610,7 +1888,10 @@ class ChatServer:
                  byte_rate: float = FLOOD_BYTES_PER_S, byte_burst: int = FLOOD_BYTE_BURST,
                  resume_window: float = 0.0,
                  keeper_code: str = "",
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None,
+                 transcript: str | os.PathLike[str] | None = None,
+                 transcript_max_bytes: int = int(DEFAULT_TRANSCRIPT_MAX_MB
+                                                 * TRANSCRIPT_BYTES_PER_MB)) -> None:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         self._listener = socket.create_server((host, port), family=family,
                                               backlog=LISTEN_BACKLOG)
@@ -1634,6 +1915,8 @@ class ChatServer:
         # held back by flood control wake up.
         self._stopping = threading.Event()
         self.grove = Grove()
+        self._transcript = (None if transcript is None
+                            else self._open_transcript(transcript, transcript_max_bytes))
         self._flusher = Flusher()
         self._reaper = Reaper(self._finish_batch)
         self._connections: set[Client] = set()
@@ -1662,6 +1945,18 @@ class ChatServer:
                  tb: TracebackType | None) -> None:
         self.close()
 
+    def _open_transcript(self, path: str | os.PathLike[str], max_bytes: int) -> Transcript:
+        """The history read back from the transcript at path, which is opened
+        for everything broadcast; TranscriptError (and no listener) if it cannot be."""
+        try:
+            self._history.extend(Transcript.chat_history(path, self._history.maxlen or 0))
+            transcript = Transcript(path, max_bytes)
+        except TranscriptError:
+            self._listener.close()
+            raise
+        self.grove.record = transcript.record
+        return transcript
+
     # --- accepting ----------------------------------------------------------
 
     def serve_forever(self) -> None:
@@ -1671,6 +1966,8 @@ class ChatServer:
             self._scheduler.start()
             self._reaper.start()
             self.grove.broadcaster.start()
+            if self._transcript is not None:
+                self._transcript.start()
             while not self._stop_requested:
                 if self._wait_for_connections():
                     self._accept_waiting()
@@ -2245,6 +2542,8 @@ class ChatServer:
         goodbye = encode_line(system_line("shutdown", "The server is shutting down. Goodbye!"))
         for client in clients:
             client.send_last(goodbye)
+        if self._transcript is not None:
+            self._transcript.record(goodbye)
         self._stopping.set()  # readers stop only now, so that each got its goodbye
         self._flusher.idle.wait(SHUTDOWN_FLUSH_S)
         deadline = time.monotonic() + SHUTDOWN_HANG_UP_S
@@ -2252,6 +2551,8 @@ class ChatServer:
         self._reaper.stop(max(0.0, deadline - time.monotonic()))
         log.info("shutdown: said goodbye to %d connection%s", len(clients),
                  "" if len(clients) == 1 else "s")
+        if self._transcript is not None:
+            self._transcript.stop(TRANSCRIPT_STOP_S)
         self._flusher.stop()
         self._scheduler.stop()
         self._wake_r.close()
@@ -2315,6 +2616,115 @@ def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     return context
 
 
+# --- Who can join: this machine's addresses, found without sending a packet -----
+
+# SIOCGIFADDR, the ioctl that asks the kernel for an interface's IPv4 address:
+# Linux numbers it in <linux/sockios.h>; macOS as _IOWR('i', 33, struct ifreq).
+SIOCGIFADDR = {"linux": 0x8915, "darwin": 0xC0206921}
+# struct ifreq: a 16-byte interface name, then a sockaddr_in whose IPv4
+# address starts 4 bytes in (after the family and the port) on both.
+IFREQ_NAME_BYTES = 16
+IFREQ_IPV4_AT = IFREQ_NAME_BYTES + 4
+# Linux lists every IPv6 address of the machine here, one a line.
+LINUX_IPV6_ADDRESSES = "/proc/net/if_inet6"
+
+
+def local_addresses(version: int | None = None) -> list[str]:
+    """This machine's IP addresses that others on its networks can reach it at
+    (only IPv4 or IPv6 ones, given version 4 or 6): IPv4 first, never a
+    loopback one, no duplicates; an IPv6 link-local one (with its %interface)
+    only when there is nothing else. Found by asking the
+    kernel (on Linux and macOS) or the system's own record of its name
+    (elsewhere): no packet is sent."""
+    request = next((number for prefix, number in SIOCGIFADDR.items()
+                    if sys.platform.startswith(prefix)), None)
+    if request is not None:
+        found = _interface_ipv4_addresses(request) + _linux_ipv6_addresses()
+    else:
+        found = _own_name_addresses()
+    return _reachable(found, version)
+
+
+def _interface_ipv4_addresses(request: int) -> list[str]:
+    """Each interface's IPv4 address, as the kernel answers SIOCGIFADDR."""
+    import fcntl  # POSIX only: this runs on Linux and macOS alone
+
+    found = []
+    # The socket only carries the question to the kernel; nothing is sent on it.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as handle:
+        for _, name in socket.if_nameindex():
+            question = struct.pack("256s", name.encode()[:IFREQ_NAME_BYTES - 1])
+            try:
+                answer = fcntl.ioctl(handle.fileno(), request, question)
+            except OSError:
+                continue  # this interface has no IPv4 address (or is down)
+            found.append(socket.inet_ntoa(answer[IFREQ_IPV4_AT:IFREQ_IPV4_AT + 4]))
+    return found
+
+
+def _linux_ipv6_addresses() -> list[str]:
+    """Every IPv6 address Linux lists; none where there is no such list."""
+    try:
+        with open(LINUX_IPV6_ADDRESSES) as listing:
+            rows = [line.split() for line in listing]
+    except OSError:
+        return []  # not Linux, or no IPv6
+    found = []
+    for row in rows:  # address in hex, index, prefix length, scope, flags, interface
+        if len(row) == 6:
+            address = ipaddress.IPv6Address(bytes.fromhex(row[0]))
+            found.append(f"{address}%{row[5]}" if address.is_link_local else str(address))
+    return found
+
+
+def _own_name_addresses() -> list[str]:
+    """The addresses of this machine's own name. Windows answers its own
+    computer name from its interfaces' addresses, without asking the network."""
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, type=socket.SOCK_STREAM)
+    except OSError:
+        return []
+    return [str(info[4][0]) for info in infos]
+
+
+def _reachable(addresses: list[str], version: int | None) -> list[str]:
+    """addresses (of that IP version, if given) without loopback ones and
+    duplicates, IPv4 first, link-local IPv6 ones only when there is no other."""
+    parsed = {text: ipaddress.ip_address(text.partition("%")[0])
+              for text in dict.fromkeys(addresses)}
+    usable = [text for text, ip in parsed.items()
+              if not (ip.is_loopback or ip.is_unspecified) and version in (None, ip.version)]
+    usable.sort(key=lambda text: parsed[text].version)  # stable: the kernel's order within
+    wider = [text for text in usable if not (parsed[text].version == 6
+                                            and parsed[text].is_link_local)]
+    return wider or usable
+
+
+def who_can_join(host: str, port: int, tls: bool) -> list[str]:
+    """The startup lines saying who can join a server listening on host (an
+    IP address) and port: only this computer, or pandas on the network, with
+    the command line they join with."""
+    ip = ipaddress.ip_address(host.partition("%")[0])
+    if ip.is_loopback:
+        return [f"Only this computer can join (listening on {host}); "
+                "--host 0.0.0.0 lets pandas on your network in."]
+    options = (f" --port {port}" if port != DEFAULT_PORT else "") + (" --tls" if tls else "")
+    # Listening on all addresses: those of ip's family (create_server makes :: IPv6 only).
+    addresses = local_addresses(ip.version) if ip.is_unspecified else [host]
+    if not addresses:
+        return ["No network address found on this computer: only this computer can join "
+                "for now."]
+    return [f"Pandas on your network can join with: python3 client3.py --host {address}"
+            f"{options}" for address in addresses]
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be over 0, not {text}")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="server3.py",
@@ -2357,6 +2767,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate "
                                                          "(chain) file; needs --tls-key")
     parser.add_argument("--tls-key", metavar="PEM", help="the private key for --tls-cert")
+    parser.add_argument("--transcript", metavar="FILE",
+                        help="append every line the whole grove sees (never a whisper) to FILE, "
+                             "each with its local date and time; the last --history chat "
+                             "lines are read back from it at start (default: no transcript)")
+    parser.add_argument("--transcript-max-mb", type=_positive_float,
+                        default=DEFAULT_TRANSCRIPT_MAX_MB, metavar="MB",
+                        help="past this size FILE becomes FILE.1 (replacing the one before) "
+                             "and a new FILE begins (default %(default)g)")
     parser.add_argument("--log-level", default="INFO", type=str.upper,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="how much to log (default %(default)s)")
@@ -2381,7 +2799,12 @@ def main(argv: list[str] | None = None) -> int:
                             name_timeout=args.name_timeout, history=args.history,
                             rate_limit=args.rate_limit, burst=args.burst,
                             resume_window=args.resume_window, tls=tls,
-                            keeper_code=keeper_code)
+                            keeper_code=keeper_code, transcript=args.transcript,
+                            transcript_max_bytes=int(args.transcript_max_mb
+                                                     * TRANSCRIPT_BYTES_PER_MB))
+    except TranscriptError as exc:
+        print(f"server3.py: {exc}.", file=sys.stderr)
+        return 1
     except OSError as exc:
         why = ("is already in use" if exc.errno == errno.EADDRINUSE
                else f"cannot be used: {exc.strerror or exc}")
@@ -2397,6 +2820,8 @@ def main(argv: list[str] | None = None) -> int:
     shown = f"[{host}]" if ":" in host else host
     log.info("Panda Chat listening on %s:%d%s; up to %s (%s)",
              shown, port, " with TLS" if tls else "", _pandas(server.max_clients), fd_limit)
+    for line in who_can_join(host, port, tls is not None):
+        log.info("%s", line)
     if keeper_code:  # a line of its own: the person at this terminal alone sees it
         log.info('Keeper code: %s (type "@keeper %s" in a client to moderate)',
                  keeper_code, keeper_code)
