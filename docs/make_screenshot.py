@@ -106,7 +106,7 @@ def pump(root: tk.Tk, done: Callable[[], bool], what: str) -> None:
 
 
 def shows(window: ChatWindow, text: str) -> Callable[[], bool]:
-    return lambda: text in window.chat.get("1.0", "end")
+    return lambda: text in window.chat_view.text.get("1.0", "end")
 
 
 def make_screenshot(out: Path) -> None:
@@ -121,16 +121,16 @@ def make_screenshot(out: Path) -> None:
         bots += [mei, bao]
         window, connection = open_chat(root, *server.address)
         root.geometry("900x600+0+0")
-        pump(root, lambda: window.phase == "naming", "the name form")
-        window.name_entry.insert(0, "Lulu")
-        window.submit_name()
-        pump(root, lambda: window.phase == "chatting", "the welcome")
+        pump(root, lambda: window.session.phase == "naming", "the name form")
+        window.name_form.entry.insert(0, "Lulu")
+        window.session.submit_name(window.name_form.entry.get())
+        pump(root, lambda: window.session.phase == "chatting", "the welcome")
 
         mei.say("Hi Lulu! Welcome to the grove.")
         pump(root, shows(window, "Welcome to the grove."), "Mei's greeting")
         for text in ("Hello Mei, hello BaoBao!", "Is there any bamboo left?"):
-            window.entry.insert(0, text)
-            window.on_send()
+            window.input.entry.insert(0, text)
+            window.input.submit()
         bao.say("Only the crunchy shoots. I ate the rest this morning :)")
         pump(root, shows(window, "crunchy shoots"), "Bao's line")
         window.send_command("@bamboo")
@@ -140,9 +140,9 @@ def make_screenshot(out: Path) -> None:
         xiang = Bot(server.address, "Xiang")
         bots.append(xiang)
         pump(root, shows(window, "Xiang joined"), "Xiang's join")
-        window.entry.insert(0, "Xiang! Come and have some bamboo")
-        window.entry.focus_force()
-        pump(root, lambda: root.focus_get() is window.entry, "the focused entry")
+        window.input.entry.insert(0, "Xiang! Come and have some bamboo")
+        window.input.entry.focus_force()
+        pump(root, lambda: root.focus_get() is window.input.entry, "the focused entry")
         root.update()
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:

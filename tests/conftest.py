@@ -19,6 +19,7 @@ import tempfile
 import time
 import tkinter as tk
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -153,3 +154,12 @@ def root(display: str, request: pytest.FixtureRequest) -> Iterator[tk.Tk]:
     except tk.TclError:
         pass  # the test closed the window itself
     assert not errors, f"exceptions in Tk callbacks: {errors}"
+
+
+@pytest.fixture(autouse=True)
+def _settings_in_a_temporary_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test's windows read and write their settings (client3.Settings) in a folder of the
+    test's own, never in the home folder of whoever runs the tests."""
+    path = tmp_path / "panda-chat" / "settings.json"
+    monkeypatch.setenv("PANDA_CHAT_SETTINGS", str(path))
+    return path

@@ -24,10 +24,10 @@ from protocol import (
 )
 
 # What a panda name can be (protocol.name_problem): no whitespace, no "@" first, 1 to 20 chars.
-names = st.text(st.characters(blacklist_categories=("Z", "C")), min_size=1, max_size=20).filter(
+names = st.text(st.characters(blacklist_categories=["Z", "C"]), min_size=1, max_size=20).filter(
     lambda n: not n.startswith("@") and not any(ch.isspace() for ch in n))
 clocks = st.builds(lambda h, m: f"{h:02d}:{m:02d}", st.integers(0, 23), st.integers(0, 59))
-one_line = st.text(st.characters(blacklist_characters="\n\r", blacklist_categories=("Cs",)))
+one_line = st.text(st.characters(blacklist_characters="\n\r", blacklist_categories=["Cs"]))
 
 
 def test_the_texts_are_the_ones_on_the_wire() -> None:
@@ -63,7 +63,7 @@ def test_the_grove_listing_round_trips_with_keepers(listed: list[str], data: st.
     assert lines[0][0] == "grove" and all(kind == "more" for kind, _ in lines[1:])
     parsed = [member for kind, text in lines for member in parse_grove_line(kind, text)]
     assert parsed == [Member(name, name in keepers) for name in listed]
-    for kind, text in lines[1:]:
+    for _, text in lines[1:]:
         assert len(text) <= line_chars, "a more line is longer than asked"
 
 
