@@ -798,7 +798,7 @@ class Session:
       send(text)    writes a line to the server; False when it could not
       connect()     (re)opens the connection; what happens next comes to on_event/on_message
       disconnect()  closes it (on Cancel, on close)
-      after, after_cancel   the clock of the Reconnector (self.retry)
+      after, after_cancel, clock   the timers and clock of the Reconnector (self.retry)
     The window calls: start(), on_event(), on_message(), submit_name(), submit(), reconnect(),
     cancel_retry(), close(). KINDS maps a message kind to what it does; a kind not in it is only
     shown.
@@ -814,12 +814,13 @@ class Session:
                  disconnect: Callable[[], None] = _nothing,
                  address: str = f"{DEFAULT_HOST}:{DEFAULT_PORT}", name: str | None = None,
                  after: After, after_cancel: AfterCancel,
-                 retry_delays: Sequence[float] = RETRY_DELAYS_S) -> None:
+                 retry_delays: Sequence[float] = RETRY_DELAYS_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.view = view
         self.send, self.connect, self.disconnect = send, connect, disconnect
         self.address = address
         self.retry = Reconnector(after, after_cancel, retry_delays, self._connect_again,
-                                 view.show_countdown)
+                                 view.show_countdown, clock)
         self.phase: Phase = "connecting"
         self.name: str | None = None          # the accepted name, while chatting
         self.wanted_name = name               # the name to join with on (re)connect

@@ -434,13 +434,6 @@ def test_characters_above_uffff_are_shown_as_names_everywhere(root: tk.Tk,
         panda.expect(r"^Alice: still here$")
 
 
-def test_tk_safe_names_every_astral_character() -> None:
-    assert client3.tk_safe("a\U0001F43Cb") == "a[panda face]b"
-    assert client3.tk_safe("\U000E0001") == "[language tag]"
-    assert client3.tk_safe("\U0010FFFF") == "[U+10FFFF]"  # no name: the code point
-    assert client3.tk_safe("plain é ü ✓") == "plain é ü ✓"
-
-
 # --- scrolling and floods --------------------------------------------------------------
 
 
