@@ -1598,7 +1598,9 @@ class FindBar:
         self.close_button = ttk.Button(self.frame, text="Close", command=self.close,
                                        takefocus=False)
         self.close_button.pack(side="right")
-        self.entry.bind("<KeyRelease>", self._on_key)
+        # Highlight as one types: the entry's key validation sees every edit, pasted ones too.
+        self.entry.configure(validate="key",
+                             validatecommand=(self.entry.register(self._on_edit), "%P"))
         self.entry.bind("<Return>", lambda _e: self.next(1))
         self.entry.bind("<KP_Enter>", lambda _e: self.next(1))
         self.entry.bind("<Shift-Return>", lambda _e: self.next(-1))
@@ -1633,9 +1635,9 @@ class FindBar:
         self.on_close()
         return "break"
 
-    def _on_key(self, event: object = None) -> None:
-        if self.entry.get() != self._pattern:
-            self.highlight(self.entry.get())
+    def _on_edit(self, pattern: str) -> bool:
+        self.highlight(pattern)
+        return True  # any text may be searched for
 
     def highlight(self, pattern: str) -> None:
         """Mark every match of pattern (any case)."""
@@ -2186,8 +2188,8 @@ class ChatWindow:
     def _create_header(self) -> None:
         header = self.header = tk.Frame(self.root, background=GREEN, padx=12, pady=8)
         header.grid(row=0, column=0, sticky="ew")
-        # Drawn in pixels: scaled from the 96 dpi it was drawn for to this screen's dpi.
-        scale = max(1.0, float(self.root.winfo_fpixels("1i")) / 96)
+        # Drawn in pixels at 96 dpi: scaled as Tk scales fonts (its pixels per point).
+        scale = max(1.0, float(self.root.tk.call("tk", "scaling")) * 72 / 96)
         draw_panda(header, GREEN, scale).pack(side="left")
         tk.Label(header, text="Panda Chat", font=self.ui_fonts.title, background=GREEN,
                  foreground="white").pack(side="left", padx=(8, 0))
