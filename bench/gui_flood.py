@@ -76,6 +76,7 @@ class Watch:
     def __init__(self, window: ChatWindow) -> None:
         self.window = window
         self.gaps: list[tuple[float, float]] = []  # (clock, Tk thread's CPU) seconds
+        self.last: tuple[float, float] | None = None
         poll = window.poll
 
         def timed_poll() -> None:
@@ -85,7 +86,6 @@ class Watch:
             self.last = now
             poll()
 
-        self.last: tuple[float, float] | None = None
         window.poll = timed_poll  # type: ignore[method-assign]
 
 
