@@ -1716,9 +1716,9 @@ class UserList:
         self.box.grid(row=0, column=0, sticky="nsew")
         self.box.rowconfigure(0, weight=1)
         self.box.columnconfigure(0, weight=1)
-        # Wide enough for a 20-character name and its "(away)" in this font (not in average
-        # characters, which wide letters outgrow), and never fewer than MIN_ROWS rows.
-        wide = fonts.body.measure("m" * MAX_NAME_CHARS + " (away)") + fonts.em()
+        # Wide enough for a 20-character name of middling letters ("n") and its "(away)" in this
+        # font (measured, not counted in digits, which letters outgrow); at least 4 rows.
+        wide = fonts.body.measure("n" * MAX_NAME_CHARS + " (away)") + fonts.em()
         self.listbox = tk.Listbox(self.box, width=math.ceil(wide / fonts.em()), height=4,
                                   font=fonts.body, activestyle="none", relief="flat",
                                   borderwidth=0, highlightthickness=0, takefocus=False)
@@ -2275,6 +2275,10 @@ class ChatWindow:
     def apply_palette(self, palette: Palette) -> None:
         self.palette = palette
         self.root.configure(background=palette.panel)
+        for menu in (self.menubar, *self.menubar.winfo_children()):
+            if isinstance(menu, tk.Menu):
+                menu.configure(background=palette.panel, foreground=palette.ink,
+                               activebackground=palette.border, activeforeground=palette.ink)
         for frame in (self.body, self.side, self.buttons):
             frame.configure(background=palette.panel)
         for part in (self.chat_view, self.user_list, self.name_form, self.input, self.banner,
