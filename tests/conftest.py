@@ -163,3 +163,17 @@ def _settings_in_a_temporary_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     path = tmp_path / "panda-chat" / "settings.json"
     monkeypatch.setenv("PANDA_CHAT_SETTINGS", str(path))
     return path
+
+
+@pytest.fixture
+def elsewhere(root: tk.Tk) -> Iterator[tk.Entry]:
+    """A text field in another Tk application (another X client): focusing it takes the
+    keyboard focus away from the chat window, as clicking into another program does."""
+    other = tk.Tk()
+    other.title("Another program")
+    other.geometry("200x40+900+600")
+    field = tk.Entry(other)
+    field.pack()
+    other.update()
+    yield field
+    other.destroy()

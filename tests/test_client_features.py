@@ -47,20 +47,6 @@ class CountingTk(tk.Tk):
 ROOT_CLASS = CountingTk  # the root fixture (conftest.py) makes one of these
 
 
-@pytest.fixture
-def elsewhere(root: CountingTk) -> Iterator[tk.Entry]:
-    """A text field in another Tk application (another X client): focusing it takes the
-    keyboard focus away from the chat window, as clicking into another program does."""
-    other = tk.Tk()
-    other.title("Another program")
-    other.geometry("200x40+900+600")
-    field = tk.Entry(other)
-    field.pack()
-    other.update()
-    yield field
-    other.destroy()
-
-
 def look_away(root: tk.Tk, window: ChatWindow, field: tk.Entry) -> None:
     field.focus_force()
     pump(root, lambda: not window.has_focus(), "the focus to leave the window")

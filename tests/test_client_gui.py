@@ -21,6 +21,7 @@ import tkinter as tk
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from tkinter import font as tkfont
+from typing import Any
 
 import pytest
 from chat_helpers import WAIT_S, Cable, LineClient, running_server
@@ -119,9 +120,10 @@ def windows(root: tk.Tk) -> Iterator[Windows]:
         connection.close()
 
 
-def seam_window(root: tk.Tk, name: str = "Alice") -> tuple[ChatWindow, queue.Queue[InboxItem],
-                                                          list[str]]:
-    """A window on an injected inbox and send, already welcomed: no network at all."""
+def seam_window(root: tk.Tk, name: str = "Alice", **options: Any
+                ) -> tuple[ChatWindow, queue.Queue[InboxItem], list[str]]:
+    """A window on an injected inbox and send, already welcomed: no network at all. options
+    go to ChatWindow."""
     inbox: queue.Queue[InboxItem] = queue.Queue()
     sent: list[str] = []
 
@@ -129,7 +131,7 @@ def seam_window(root: tk.Tk, name: str = "Alice") -> tuple[ChatWindow, queue.Que
         sent.append(text)
         return True
 
-    window = ChatWindow(root, inbox, send=send, name=name)
+    window = ChatWindow(root, inbox, send=send, name=name, **options)
     inbox.put(ConnectionEvent("connected"))
     inbox.put(Message("welcome", f"Welcome to the grove, {name}!"))
     pump(root, lambda: window.session.phase == "chatting", "the welcome")

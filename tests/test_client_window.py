@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from chat_helpers import WAIT_S, LineClient, running_server
 from test_client_features import CountingTk, lines_tagged, look_away, look_back
-from test_client_gui import KEYSYMS, chat_text, press, pump, shows
+from test_client_gui import KEYSYMS, chat_text, press, pump, seam_window, shows
 
 import client3
 from client3 import DARK, LIGHT, ChatWindow, Connection, ConnectionEvent, InboxItem, Settings
@@ -33,18 +33,6 @@ pytestmark = pytest.mark.gui
 
 ROOT_CLASS = CountingTk  # no real bell rings in these tests
 WRAPPING = " ".join(["bamboo"] * 25)  # wraps to two rows in the default window
-
-
-@pytest.fixture
-def elsewhere(root: CountingTk) -> Iterator[tk.Entry]:
-    """A text field in another Tk application: focusing it takes the focus from the window."""
-    other = tk.Tk()
-    other.geometry("200x40+900+600")
-    field = tk.Entry(other)
-    field.pack()
-    other.update()
-    yield field
-    other.destroy()
 
 
 class Opened:
@@ -58,20 +46,9 @@ class Opened:
     def seam(self, name: str = "Alice", **options: Any) -> tuple[ChatWindow,
                                                                    queue.Queue[InboxItem],
                                                                    list[str]]:
-        """A window on an injected inbox and send, already welcomed: no network."""
-        inbox: queue.Queue[InboxItem] = queue.Queue()
-        sent: list[str] = []
-
-        def send(text: str) -> bool:
-            sent.append(text)
-            return True
-
-        window = ChatWindow(self.root, inbox, send=send, name=name, retry_delays=(), **options)
+        """seam_window() (test_client_gui.py), never reconnecting by itself."""
+        window, inbox, sent = seam_window(self.root, name, retry_delays=(), **options)
         self.windows.append(window)
-        inbox.put(ConnectionEvent("connected"))
-        inbox.put(Message("welcome", f"Welcome to the grove, {name}!"))
-        pump(self.root, lambda: window.session.phase == "chatting", "the welcome")
-        sent.clear()
         return window, inbox, sent
 
     def joined(self, address: tuple[str, int], name: str, **options: Any) -> ChatWindow:
