@@ -141,6 +141,7 @@ NAME_COLOURS: Final = ("#c62828", "#1565c0", "#2e7d32", "#7b1fa2", "#e65100", "#
                        "#ad1457", "#5d4037", "#303f9f", "#827717")
 GREEN: Final = "#2e7d32"        # bamboo: the header, the accent
 GREEN_DARK: Final = "#1b5e20"
+HEADER_INFO_FG: Final = "#dcedc8"  # the address on the green header, in both themes
 PAPER: Final = "#ffffff"        # the chat view
 PANEL: Final = "#f1f5ef"        # the side panel and the input area
 INK: Final = "#1f2933"
@@ -182,7 +183,7 @@ class Palette:
     link: str = "#1d4ed8"
     found_bg: str = "#fde68a"
     found_current_bg: str = "#f59e0b"
-    header_info: str = "#dcedc8"
+    accent: str = GREEN           # welcome and info lines
     names: tuple[str, ...] = NAME_COLOURS
     dots: Mapping[str, str] = field(default_factory=lambda: {
         "connecting": "#d97706", "naming": "#d97706", "chatting": "#16a34a",
@@ -195,7 +196,7 @@ DARK: Final = replace(
     LIGHT, paper="#1e2124", panel="#26292d", ink="#e5e7eb", muted="#9ca3af", border="#3a3f45",
     status_bg="#202326", time="#7b8794", own_bg="#1f3326", error="#f87171", alert="#fb923c",
     fact_fg="#bbf7d0", fact_bg="#163322", help="#93c5fd", whisper="#c4b5fd",
-    mention_bg="#4a3f10", offline_bg="#3b1f1f", art="#d1d5db", link="#93c5fd",
+    mention_bg="#4a3f10", offline_bg="#3b1f1f", art="#d1d5db", link="#93c5fd", accent="#a5d6a7",
     found_bg="#7c5e10", found_current_bg="#b45309",
     names=("#ef9a9a", "#90caf9", "#a5d6a7", "#ce93d8", "#ffcc80", "#80deea", "#f48fb1",
            "#bcaaa4", "#9fa8da", "#e6ee9c"))
@@ -1462,9 +1463,8 @@ class ChatView:
         self.more_below.configure(background=GREEN, activebackground=GREEN_DARK)
         colours = {"time": (palette.time, ""), "own": ("", palette.own_bg),
                    "you": (palette.muted, ""), "body": (palette.ink, ""),
-                   "system": (palette.muted, ""), "welcome": (GREEN if palette is LIGHT
-                                                              else palette.names[2], ""),
-                   "info": (GREEN if palette is LIGHT else palette.names[2], ""),
+                   "system": (palette.muted, ""), "welcome": (palette.accent, ""),
+                   "info": (palette.accent, ""),
                    "error": (palette.error, ""), "alert": (palette.alert, ""),
                    "fact": (palette.fact_fg, palette.fact_bg),
                    "fact_label": (palette.fact_fg, palette.fact_bg), "help": (palette.help, ""),
@@ -1579,7 +1579,7 @@ class FindBar:
     """Ctrl+F: find in the chat. Matches are highlighted as one types ("found"), Enter goes to
     the next, Shift+Enter to the previous ("found_current", scrolled into view), Escape closes.
 
-    FindBar(parent, chat, fonts, on_close)   open(), close(), next(step); shown is True while open
+    FindBar(parent, chat, fonts, on_close)   open(), close(), next(step), highlight(pattern)
     """
 
     MAX_MATCHES: ClassVar = 1000  # highlighting more would only slow the typing down
@@ -1608,10 +1608,6 @@ class FindBar:
         self.matches: list[tuple[str, str]] = []
         self.current = -1
         self._pattern = ""
-
-    @property
-    def shown(self) -> bool:
-        return bool(self.frame.winfo_ismapped()) or self.frame.winfo_manager() != ""
 
     def apply(self, palette: Palette) -> None:
         for widget in (self.frame, self.label, self.count):
@@ -2195,7 +2191,7 @@ class ChatWindow:
                  foreground="white").pack(side="left", padx=(8, 0))
         where = f"{self.address} \u00b7 TLS" if self.secure else self.address
         self.header_info = tk.Label(header, text=tk_safe(where), font=self.ui_fonts.body,
-                                    background=GREEN, foreground="#dcedc8")
+                                    background=GREEN, foreground=HEADER_INFO_FG)
         self.header_info.pack(side="right")
 
     def _create_menus(self) -> None:
