@@ -715,8 +715,9 @@ def notify_send_command() -> str | None:
 
 class Notifier:
     """Tells the person about a mention or a whisper while they look elsewhere: a desktop
-    notification (command, e.g. notify-send, run without waiting) or else the bell, at most
-    once every BELL_GAP_S.
+    notification (command, e.g. notify-send, run without waiting) or else the bell; either at
+    most once every BELL_GAP_S (a flood of mentions is one notification, not 5,000 processes;
+    the window's title counts them all).
 
     Notifier(bell, command=None, spawn=subprocess.Popen, clock=time.monotonic, ring=True)
       notify(title, body)   one notification; False when it only could ring (or stay quiet)
@@ -727,11 +728,15 @@ class Notifier:
                  clock: Callable[[], float] = time.monotonic, ring: bool = True) -> None:
         self.bell, self.command, self.spawn, self.clock, self.ring = (
             bell, command, spawn, clock, ring)
-        self._last_ring: float | None = None
+        self._last: float | None = None  # when it last notified or rang
         self._children: list[Any] = []  # spawned notifiers, reaped as they end
 
     def notify(self, title: str, body: str) -> bool:
         self._children = [c for c in self._children if c.poll() is None]
+        now = self.clock()
+        if self._last is not None and now - self._last < BELL_GAP_S:
+            return False
+        self._last = now
         if self.command is not None:
             try:
                 self._children.append(self.spawn(
@@ -741,9 +746,7 @@ class Notifier:
                 return True
             except OSError:
                 self.command = None  # gone since: the bell from now on
-        now = self.clock()
-        if self.ring and (self._last_ring is None or now - self._last_ring >= BELL_GAP_S):
-            self._last_ring = now
+        if self.ring:
             self.bell()
         return False
 

@@ -412,10 +412,16 @@ def test_a_notifier_command_is_run_without_waiting_and_the_bell_stays_quiet() ->
         return Child()
 
     rings: list[int] = []
-    notifier = Notifier(lambda: rings.append(1), "/usr/bin/notify-send", spawn=spawn)
+    now = [0.0]
+    notifier = Notifier(lambda: rings.append(1), "/usr/bin/notify-send", spawn=spawn,
+                        clock=lambda: now[0])
     assert notifier.notify("Panda Chat: a whisper", "Bob whispers to you: psst")
     assert spawned == [["/usr/bin/notify-send", "--app-name=Panda Chat",
                         "Panda Chat: a whisper", "Bob whispers to you: psst"]]
+    for step in range(1, 1000):  # a flood: one process every BELL_GAP_S, not one a line
+        now[0] = step * 0.05
+        notifier.notify("Panda Chat: you were named", "alice")
+    assert len(spawned) == 50 / BELL_GAP_S
     assert rings == []
 
 

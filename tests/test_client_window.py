@@ -485,12 +485,11 @@ def test_a_whisper_or_mention_while_away_is_a_desktop_notification(
         window = opened.joined(server.address, "Alice", notify_command=str(notifier))
         look_away(root, window, elsewhere)
         bob.send("@whisper Alice psst")
-        bob.send("hi alice")
-        pump(root, lambda: written.exists() and len(written.read_text().splitlines()) == 2,
-             "two notifications")
-    calls = sorted(written.read_text().splitlines())  # two processes: either may write first
-    assert calls == ["--app-name=Panda Chat|Panda Chat: a whisper|Bob whispers to you: psst|",
-                     "--app-name=Panda Chat|Panda Chat: you were named|Bob: hi alice|"]
+        bob.send("hi alice")  # within BELL_GAP_S: counted in the title, not notified again
+        pump(root, lambda: root.title().startswith("(2)") and written.exists()
+             and written.read_text().endswith("\n"), "the notification")
+    calls = written.read_text().splitlines()
+    assert calls == ["--app-name=Panda Chat|Panda Chat: a whisper|Bob whispers to you: psst|"]
     assert root.rings == 0, "the bell rang beside the notification"
     assert root.title() == "(2) Panda Chat \u2014 Alice"
     assert os.access(notifier, os.X_OK)
@@ -526,8 +525,11 @@ def test_mentions_in_a_flood_ring_the_bell_once(root: CountingTk, opened: Opened
                                                 elsewhere: tk.Entry) -> None:
     window, inbox, _ = opened.seam()
     look_away(root, window, elsewhere)
+    started = time.monotonic()
     for n in range(500):
         inbox.put(Message("chat", f"alice {n}", "Bob"))
     pump(root, inbox.empty, "the mentions", timeout=WAIT_S * 4)
-    assert root.rings == 1
+    took = time.monotonic() - started  # well under BELL_GAP_S, unless the machine crawls
+    assert 1 <= root.rings <= 1 + took // client3.BELL_GAP_S, (root.rings, took)
+    assert root.title() == "(500) Panda Chat \u2014 Alice"
     assert len(lines_tagged(window, "mention")) == 500
