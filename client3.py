@@ -672,10 +672,6 @@ class Reconnector:
         self._due = 0.0
 
     @property
-    def enabled(self) -> bool:
-        return bool(self.delays)
-
-    @property
     def waiting(self) -> bool:
         return self._timer is not None
 
@@ -1565,7 +1561,8 @@ class ChatView:
             self.open_url(self.text.get(*span))
 
     def copy_text(self) -> str:
-        """The selection as it was said: right-to-left runs back in typing order."""
+        """The selection as it was said: right-to-left runs back in typing order (bidi_display
+        undoes itself; exactly so for whole runs, which is what people select)."""
         if not self.text.tag_ranges("sel"):
             return ""
         shown = self.text.get("sel.first", "sel.last")

@@ -1,11 +1,13 @@
 """protocol.py's payload formats: each format function and its parse function round-trip.
 
-Pure code: no sockets, no display. The texts are byte for byte what server3.py sent before the
-formats moved into protocol.py (the literal examples below), so nothing on the wire changed.
+Pure code, no sockets, except the last test: it checks, against the real server, that the
+format functions write byte for byte what server3.py sends, so nothing on the wire changes
+when the server calls them.
 """
 
 from __future__ import annotations
 
+from chat_helpers import LineClient, running_server, sync
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -93,3 +95,33 @@ def test_the_lost_notice_round_trips(name: str, reason: str) -> None:
 def test_a_lost_notice_of_another_shape_is_none() -> None:
     for text in ("Bob went away", "two words lost connection (x).", "Bob lost connection (x"):
         assert parse_lost(text) is None, text
+
+
+# --- What the real server sends ----------------------------------------------------------
+
+
+def test_the_real_server_sends_exactly_what_the_format_functions_write() -> None:
+    """server3.py writes these payloads itself today; the format functions must match it byte
+    for byte (and, once it calls them, go on matching)."""
+    with running_server(history=5, resume_window=30) as server:
+        bob = LineClient(server.address, "Bob")
+        bob.send("said before")
+        sync(bob)
+        carol = LineClient(server.address)
+        carol.send("Carol")
+        lines = carol.lines_until(r"^\* grove: ")
+        resume = next(line for line in lines if line.startswith("* resume: "))
+        code = parse_resume(parse_line(resume).text)
+        assert code is not None
+        assert resume == system_line("resume", format_resume(code, 30))
+        history = next(line for line in lines if line.startswith("* history: "))
+        said = parse_history(parse_line(history).text)
+        assert said is not None and said[1] == "Bob: said before"
+        assert history == system_line("history", format_history(said[0], "Bob: said before"))
+        assert [lines[-1]] == [system_line(kind, text) for kind, text
+                               in format_grove_listing(["Bob", "Carol"], 400)]
+        carol.abort()
+        lost = bob.expect(r"^\* lost: ")
+        who = parse_lost(parse_line(lost).text)
+        assert who is not None and who[0] == "Carol"
+        assert lost == system_line("lost", format_lost("Carol", who[1]))
