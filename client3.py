@@ -1692,6 +1692,7 @@ class UserList:
       menu              the right-click menu on a name ("Whisper"); issue #11 adds the keeper
                         actions to it with add_action()
     A double click on a name, or the menu's Whisper, calls on_whisper(name); never for oneself.
+    The menu opens on a right click, or on open_menu() (the menu key) for the selected name.
     """
 
     KEEPER_MARK: ClassVar = "\u2605 "
@@ -1728,8 +1729,6 @@ class UserList:
         self.add_action("Whisper", self.on_whisper)
         self.listbox.bind("<Double-Button-1>", self._on_double_click)
         self.listbox.bind("<Button-3>", self._on_menu)
-        for key in ("<Key-Menu>", "<Shift-F10>"):  # the menu key
-            self.listbox.bind(key, self._on_menu_key)
         self.listed: list[Member] = []  # the members row by row
         self._away: set[str] = set()
         self.apply(palette)
@@ -1797,7 +1796,8 @@ class UserList:
             self.menu.tk_popup(event.x_root, event.y_root)
         return "break"
 
-    def _on_menu_key(self, event: tk.Event[tk.Listbox]) -> str:
+    def open_menu(self) -> None:
+        """The menu key: the menu of the selected name (the window binds the key)."""
         selected = self.listbox.curselection()  # type: ignore[no-untyped-call]
         if selected:
             self._menu_name = self.listed[selected[0]].name
@@ -1805,7 +1805,6 @@ class UserList:
             if box:
                 self.menu.tk_popup(self.listbox.winfo_rootx() + box[0],
                                    self.listbox.winfo_rooty() + box[1] + box[3])
-        return "break"
 
 
 class NameForm:
@@ -2235,7 +2234,8 @@ class ChatWindow:
                  lambda: self.zoom(1)),
                 (("<Control-minus>", "<Control-KP_Subtract>"), lambda: self.zoom(-1)),
                 (("<Control-0>", "<Control-KP_0>"), lambda: self.zoom(0)),
-                (("<F1>",), self.show_shortcuts)):
+                (("<F1>",), self.show_shortcuts),
+                (("<Key-Menu>", "<Shift-F10>"), self.user_list.open_menu)):
             for key in keys:
                 root.bind(key, functools.partial(self._on_key, action))
 

@@ -533,3 +533,32 @@ def test_mentions_in_a_flood_ring_the_bell_once(root: CountingTk, opened: Opened
     assert 1 <= root.rings <= 1 + took // client3.BELL_GAP_S, (root.rings, took)
     assert root.title() == "(500) Panda Chat \u2014 Alice"
     assert len(lines_tagged(window, "mention")) == 500
+
+
+def test_the_menu_key_opens_the_menu_of_the_selected_name(root: tk.Tk, opened: Opened) -> None:
+    window, inbox, _ = opened.seam()
+    inbox.put(Message("grove", "2 pandas here: Alice Bob"))
+    pump(root, lambda: len(window.user_list.listed) == 2, "the listing")
+    window.user_list.listbox.selection_set(1)
+    press(window.input.entry, "Shift-F10")
+    menu = window.user_list.menu
+    try:
+        assert menu.winfo_ismapped(), "the menu did not open"
+        menu.invoke("Whisper")
+    finally:
+        menu.unpost()
+    assert window.input.entry.get() == "@whisper Bob "
+
+
+def test_closing_cancels_every_timer_of_the_window(root: tk.Tk) -> None:
+    inbox: queue.Queue[InboxItem] = queue.Queue()
+    window = ChatWindow(root, inbox, send=lambda text: True, name="Alice", retry_delays=(30.0,))
+    inbox.put(ConnectionEvent("connected"))
+    inbox.put(Message("welcome", "Welcome to the grove, Alice!"))
+    inbox.put(ConnectionEvent("lost", "the connection was reset"))
+    pump(root, lambda: window.status_bar.retry_label.winfo_ismapped(), "the countdown")
+    pending = set(root.tk.splitlist(root.tk.call("after", "info")))
+    assert len(pending) >= 2, "the poll and the countdown"
+    window.close()
+    left = set(root.tk.splitlist(root.tk.call("after", "info"))) & pending
+    assert not left, f"timers left after close: {left}"
