@@ -2104,7 +2104,7 @@ class ChatWindow:
         self.transcript: deque[str] = deque(maxlen=MAX_SCROLLBACK_LINES)  # for Save
         self._unread_marked = False           # "new since you looked" placed this time away
         self.shortcuts: ShortcutList | None = None
-        # How responsive the loop is (the flood bench reads these): the longest time between
+        # How responsive the loop is (the flood test reads these): the longest time between
         # two poll ticks, by the clock and in CPU time of Tk's thread (which leaves out the time
         # the machine gave to other processes).
         self.ticks = 0

@@ -159,8 +159,11 @@ def root(display: str, request: pytest.FixtureRequest) -> Iterator[tk.Tk]:
 @pytest.fixture(autouse=True)
 def _settings_in_a_temporary_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test's windows read and write their settings (client3.Settings) in a folder of the
-    test's own, never in the home folder of whoever runs the tests."""
+    test's own, never in the home folder of whoever runs the tests. The light theme is chosen
+    there, so that a desktop set to dark does not change the colours the tests see."""
     path = tmp_path / "panda-chat" / "settings.json"
+    path.parent.mkdir()
+    path.write_text('{"theme": "light"}\n', encoding="utf-8")
     monkeypatch.setenv("PANDA_CHAT_SETTINGS", str(path))
     return path
 

@@ -406,8 +406,9 @@ def test_the_dark_theme_from_the_view_menu_is_remembered(root: tk.Tk, opened: Op
     assert again.chat_view.text.cget("background") == DARK.paper
 
 
-def test_the_theme_follows_the_system_by_default(root: tk.Tk, opened: Opened) -> None:
-    window, _, _ = opened.seam(prefers_dark=lambda: True)
+def test_the_theme_follows_the_system_by_default(root: tk.Tk, opened: Opened,
+                                                 tmp_path: Path) -> None:
+    window, _, _ = opened.seam(settings=Settings(tmp_path / "new.json"), prefers_dark=lambda: True)
     assert window.settings.theme == "system"
     assert window.chat_view.text.cget("background") == DARK.paper
 
@@ -415,7 +416,6 @@ def test_the_theme_follows_the_system_by_default(root: tk.Tk, opened: Opened) ->
 def test_a_broken_settings_file_is_said_once_and_the_window_opens(
         root: tk.Tk, opened: Opened, _settings_in_a_temporary_folder: Path) -> None:
     path = _settings_in_a_temporary_folder  # where $PANDA_CHAT_SETTINGS points (conftest.py)
-    path.parent.mkdir(parents=True)
     path.write_text("{broken")
     window, _, _ = opened.seam()
     assert chat_text(window).count("Settings: cannot read") == 1
