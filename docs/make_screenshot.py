@@ -170,7 +170,7 @@ def capture_png(left: int, top: int, width: int, height: int) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"".join(rows), 9)) + chunk(b"IEND", b""))
 
 
-def make_screenshot(out: Path, theme: str) -> None:
+def make_screenshot(out: Path, theme: str, settings_file: Path) -> None:
     server = ChatServer("127.0.0.1", 0, history=0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     bots: list[Bot] = []
@@ -180,7 +180,7 @@ def make_screenshot(out: Path, theme: str) -> None:
         mei = Bot(server.address, "Mei")
         bao = Bot(server.address, "BaoBao")
         bots += [mei, bao]
-        settings = Settings(Path(tempfile.mkdtemp()) / "settings.json")
+        settings = Settings(settings_file)  # a file of its own: the theme asked for, no other
         settings.theme = theme
         window, connection = open_chat(root, *server.address, settings=settings,
                                        prefers_dark=lambda: False)
@@ -227,10 +227,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out-dir", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
-    with xvfb_display() as display:
+    with xvfb_display() as display, tempfile.TemporaryDirectory() as tmp:
         os.environ["DISPLAY"] = display
         for theme, name in (("light", "screenshot.png"), ("dark", "screenshot-dark.png")):
-            make_screenshot(args.out_dir / name, theme)
+            make_screenshot(args.out_dir / name, theme, Path(tmp) / f"{theme}.json")
             print(f"wrote {args.out_dir / name}")
     return 0
 
