@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import gc
 import os
 import select
 import shutil
@@ -220,6 +221,7 @@ def make_screenshot(out: Path, theme: str, settings_file: Path) -> None:
         if connection is not None:
             connection.close()
         root.destroy()
+        gc.collect()  # free this window's Tk objects on this thread, not in a later one's
         server.close()
 
 

@@ -9,6 +9,7 @@ working Tk, every GUI test is skipped with the reason (.ci/run installs xvfb, so
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import select
 import shutil
@@ -153,6 +154,11 @@ def root(display: str, request: pytest.FixtureRequest) -> Iterator[tk.Tk]:
         root.destroy()
     except tk.TclError:
         pass  # the test closed the window itself
+    # A window's objects hold each other (callbacks, the session and its view), so only the
+    # garbage collector frees them, in whatever thread it happens to run. Freed in a receiver
+    # thread of a later test, the last reference to a Tk interpreter deletes it from the wrong
+    # thread, and Tcl aborts the process. Collected here, on Tk's thread, they never get there.
+    gc.collect()
     assert not errors, f"exceptions in Tk callbacks: {errors}"
 
 

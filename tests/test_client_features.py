@@ -20,7 +20,16 @@ from typing import Any
 
 import pytest
 from chat_helpers import Cable, LineClient, running_server, sync
-from test_client_gui import chat_text, free_port, listed, press, pump, shows, type_keys
+from test_client_gui import (
+    chat_text,
+    free_port,
+    listed,
+    press,
+    pump,
+    seam_window,
+    shows,
+    type_keys,
+)
 
 import client3
 from client3 import ChatWindow, Connection, ConnectionEvent, InboxItem
@@ -58,33 +67,46 @@ def look_back(root: tk.Tk, window: ChatWindow) -> None:
 
 
 class Windows:
-    """Opens client windows on the test's root (retrying on RETRY_S); closes them at the end."""
+    """Opens client windows on the test's root (retrying on RETRY_S); close_all() at the end.
+    options go to ChatWindow (settings, notify_command, open_url...)."""
 
     def __init__(self, root: tk.Tk) -> None:
         self.root = root
-        self.opened: list[tuple[ChatWindow, Connection]] = []
+        self.opened: list[tuple[ChatWindow, Connection | None]] = []
 
     def open(self, address: tuple[str, int], name: str | None = None,
-             bell: bool = True) -> ChatWindow:
+             bell: bool = True, **options: Any) -> ChatWindow:
         window, connection = client3.open_chat(self.root, address[0], address[1], name,
-                                               bell=bell, retry_delays=RETRY_S)
+                                               bell=bell, retry_delays=RETRY_S, **options)
         self.opened.append((window, connection))
         self.root.update()
         return window
 
-    def joined(self, address: tuple[str, int], name: str, bell: bool = True) -> ChatWindow:
-        window = self.open(address, name, bell)
+    def joined(self, address: tuple[str, int], name: str, bell: bool = True,
+               **options: Any) -> ChatWindow:
+        window = self.open(address, name, bell, **options)
         pump(self.root, lambda: window.session.phase == "chatting", f"{name}'s welcome")
         return window
+
+    def seam(self, name: str = "Alice", **options: Any
+             ) -> tuple[ChatWindow, queue.Queue[InboxItem], list[str]]:
+        """seam_window() (test_client_gui.py): no network, never reconnecting by itself."""
+        window, inbox, sent = seam_window(self.root, name, retry_delays=(), **options)
+        self.opened.append((window, None))
+        return window, inbox, sent
+
+    def close_all(self) -> None:
+        for window, connection in self.opened:
+            window.close()
+            if connection is not None:
+                connection.close()
 
 
 @pytest.fixture
 def windows(root: CountingTk) -> Iterator[Windows]:
     opened = Windows(root)
     yield opened
-    for window, connection in opened.opened:
-        window.close()
-        connection.close()
+    opened.close_all()
 
 
 def lines_tagged(window: ChatWindow, tag: str) -> list[str]:

@@ -18,15 +18,14 @@ import time
 import tkinter as tk
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from chat_helpers import WAIT_S, LineClient, running_server
-from test_client_features import CountingTk, lines_tagged, look_away, look_back
-from test_client_gui import KEYSYMS, chat_text, press, pump, seam_window, shows
+from test_client_features import CountingTk, Windows, lines_tagged, look_away, look_back
+from test_client_gui import KEYSYMS, chat_text, press, pump, shows
 
 import client3
-from client3 import DARK, LIGHT, ChatWindow, Connection, ConnectionEvent, InboxItem, Settings
+from client3 import DARK, LIGHT, ChatWindow, ConnectionEvent, InboxItem, Settings
 from protocol import MAX_NAME_CHARS, Message
 
 pytestmark = pytest.mark.gui
@@ -35,39 +34,12 @@ ROOT_CLASS = CountingTk  # no real bell rings in these tests
 WRAPPING = " ".join(["bamboo"] * 25)  # wraps to two rows in the default window
 
 
-class Opened:
-    """Windows opened by a test; closed, with their connections, at its end."""
-
-    def __init__(self, root: tk.Tk) -> None:
-        self.root = root
-        self.windows: list[ChatWindow] = []
-        self.connections: list[Connection] = []
-
-    def seam(self, name: str = "Alice", **options: Any) -> tuple[ChatWindow,
-                                                                   queue.Queue[InboxItem],
-                                                                   list[str]]:
-        """seam_window() (test_client_gui.py), never reconnecting by itself."""
-        window, inbox, sent = seam_window(self.root, name, retry_delays=(), **options)
-        self.windows.append(window)
-        return window, inbox, sent
-
-    def joined(self, address: tuple[str, int], name: str, **options: Any) -> ChatWindow:
-        window, connection = client3.open_chat(self.root, address[0], address[1], name,
-                                               retry_delays=(), **options)
-        self.windows.append(window)
-        self.connections.append(connection)
-        pump(self.root, lambda: window.session.phase == "chatting", f"{name}'s welcome")
-        return window
-
-
 @pytest.fixture
-def opened(root: tk.Tk) -> Iterator[Opened]:
-    made = Opened(root)
+def opened(root: CountingTk) -> Iterator[Windows]:
+    """The windows a test opens (test_client_features.Windows), closed at its end."""
+    made = Windows(root)
     yield made
-    for window in made.windows:
-        window.close()
-    for connection in made.connections:
-        connection.close()
+    made.close_all()
 
 
 def fill(root: tk.Tk, window: ChatWindow, inbox: queue.Queue[InboxItem], count: int,
@@ -112,7 +84,7 @@ def bottom_line_in_sight(window: ChatWindow) -> bool:
 
 
 @pytest.mark.parametrize("notch", ["<Button-4>", "<MouseWheel>"])
-def test_1_a_wheel_notch_up_in_a_busy_chat_stays_up(root: tk.Tk, opened: Opened,
+def test_1_a_wheel_notch_up_in_a_busy_chat_stays_up(root: tk.Tk, opened: Windows,
                                                     notch: str) -> None:
     window, inbox, _ = opened.seam()
     root.geometry("900x600")
@@ -141,7 +113,7 @@ def test_1_a_wheel_notch_up_in_a_busy_chat_stays_up(root: tk.Tk, opened: Opened,
     assert window.chat_view.more_below.winfo_ismapped()
 
 
-def test_2_the_offline_banner_keeps_the_newest_line_in_sight(root: tk.Tk, opened: Opened) -> None:
+def test_2_the_offline_banner_keeps_the_newest_line_in_sight(root: tk.Tk, opened: Windows) -> None:
     window, inbox, _ = opened.seam()
     root.geometry("900x600")
     fill(root, window, inbox, 200)
@@ -163,7 +135,7 @@ def test_2_the_offline_banner_keeps_the_newest_line_in_sight(root: tk.Tk, opened
 
 
 def test_3_after_a_button_or_a_selection_the_keys_go_to_the_input(root: tk.Tk,
-                                                                   opened: Opened) -> None:
+                                                                   opened: Windows) -> None:
     window, inbox, sent = opened.seam()
     fill(root, window, inbox, 5, "hello \u05e9\u05dc\u05d5\u05dd there")
     window.input.entry.focus_force()
@@ -195,7 +167,7 @@ def test_3_after_a_button_or_a_selection_the_keys_go_to_the_input(root: tk.Tk,
     assert "\u05e9\u05dc\u05d5\u05dd"[::-1] in text.get("2.0", "2.end"), "not reordered to show"
 
 
-def test_4_a_flood_of_long_lines_is_shown_in_short_ticks(root: tk.Tk, opened: Opened) -> None:
+def test_4_a_flood_of_long_lines_is_shown_in_short_ticks(root: tk.Tk, opened: Windows) -> None:
     window, inbox, _ = opened.seam()
     assert window.poll_id is not None
     root.after_cancel(window.poll_id)
@@ -208,7 +180,7 @@ def test_4_a_flood_of_long_lines_is_shown_in_short_ticks(root: tk.Tk, opened: Op
 
 
 def test_5_a_panda_with_an_emoji_is_whispered_to_completed_and_recalled(root: tk.Tk,
-                                                                        opened: Opened) -> None:
+                                                                        opened: Windows) -> None:
     with running_server() as server:
         mei = LineClient(server.address, "Mei\U0001F43C")
         window = opened.joined(server.address, "Alice")
@@ -236,7 +208,7 @@ def test_5_a_panda_with_an_emoji_is_whispered_to_completed_and_recalled(root: tk
 
 
 def test_8_the_user_list_keeps_rows_and_whole_names_at_the_least_size(root: tk.Tk,
-                                                                      opened: Opened) -> None:
+                                                                      opened: Windows) -> None:
     window, inbox, _ = opened.seam()
     long_name = "BambooBuddyTheThird1"
     assert len(long_name) == MAX_NAME_CHARS
@@ -254,7 +226,7 @@ def test_8_the_user_list_keeps_rows_and_whole_names_at_the_least_size(root: tk.T
     assert needed <= box.winfo_width(), f"{needed} px of name in a {box.winfo_width()} px list"
 
 
-def test_9_at_192_dpi_sizes_come_from_the_fonts(root: tk.Tk, opened: Opened) -> None:
+def test_9_at_192_dpi_sizes_come_from_the_fonts(root: tk.Tk, opened: Windows) -> None:
     root.tk.call("tk", "scaling", 192 / 72)  # pixels per point on a 192 dpi screen
     window, inbox, _ = opened.seam()
     root.geometry("1200x800")
@@ -272,14 +244,14 @@ def test_9_at_192_dpi_sizes_come_from_the_fonts(root: tk.Tk, opened: Opened) -> 
 
 
 def test_10_control_characters_from_a_foreign_server_are_escaped(root: tk.Tk,
-                                                                 opened: Opened) -> None:
+                                                                 opened: Windows) -> None:
     window, inbox, _ = opened.seam()
     inbox.put(Message("chat", "ring\x07 esc\x1b[2J nul\x00 and after", "Eve"))
     pump(root, shows(window, "and after$"), "the whole line")
     assert chat_text(window).endswith("Eve: ring\\x07 esc\\x1b[2J nul\\x00 and after")
 
 
-def test_11_at_a_present_name_is_sent_as_a_mention(root: tk.Tk, opened: Opened) -> None:
+def test_11_at_a_present_name_is_sent_as_a_mention(root: tk.Tk, opened: Windows) -> None:
     with running_server() as server:
         bob = LineClient(server.address, "Bob")
         window = opened.joined(server.address, "Alice")
@@ -314,7 +286,7 @@ def test_11_closing_while_the_server_is_frozen_does_not_block(root: tk.Tk) -> No
 
 
 def test_11_new_messages_never_covers_the_chat_and_the_selected_name_keeps_its_colour(
-        root: tk.Tk, opened: Opened) -> None:
+        root: tk.Tk, opened: Windows) -> None:
     window, inbox, _ = opened.seam()
     root.geometry("900x600")
     fill(root, window, inbox, 100)
@@ -336,7 +308,7 @@ def test_11_new_messages_never_covers_the_chat_and_the_selected_name_keeps_its_c
 # --- the features ------------------------------------------------------------------------
 
 
-def test_links_are_underlined_and_open_on_a_click(root: tk.Tk, opened: Opened) -> None:
+def test_links_are_underlined_and_open_on_a_click(root: tk.Tk, opened: Windows) -> None:
     opened_urls: list[str] = []
     window, inbox, _ = opened.seam(open_url=opened_urls.append)
     inbox.put(Message("chat", "look: https://example.org/pandas?x=1, nice", "Bob"))
@@ -350,7 +322,7 @@ def test_links_are_underlined_and_open_on_a_click(root: tk.Tk, opened: Opened) -
     assert opened_urls == ["https://example.org/pandas?x=1"]
 
 
-def test_ctrl_f_finds_highlights_and_steps_through_matches(root: tk.Tk, opened: Opened) -> None:
+def test_ctrl_f_finds_highlights_and_steps_through_matches(root: tk.Tk, opened: Windows) -> None:
     window, inbox, _ = opened.seam()
     for text in ("a needle here", "nothing", "NEEDLE again", "last needle"):
         inbox.put(Message("chat", text, "Bob"))
@@ -373,7 +345,7 @@ def test_ctrl_f_finds_highlights_and_steps_through_matches(root: tk.Tk, opened: 
     assert root.focus_get() is window.input.entry
 
 
-def test_zoom_with_ctrl_plus_minus_and_zero_is_remembered(root: tk.Tk, opened: Opened,
+def test_zoom_with_ctrl_plus_minus_and_zero_is_remembered(root: tk.Tk, opened: Windows,
                                                           tmp_path: Path) -> None:
     settings_file = tmp_path / "zoom.json"
     window, _, _ = opened.seam(settings=Settings(settings_file))
@@ -391,7 +363,7 @@ def test_zoom_with_ctrl_plus_minus_and_zero_is_remembered(root: tk.Tk, opened: O
     assert again.chat_fonts.size == client3.FONT_SIZE
 
 
-def test_the_dark_theme_from_the_view_menu_is_remembered(root: tk.Tk, opened: Opened,
+def test_the_dark_theme_from_the_view_menu_is_remembered(root: tk.Tk, opened: Windows,
                                                          tmp_path: Path) -> None:
     settings_file = tmp_path / "theme.json"
     window, _, _ = opened.seam(settings=Settings(settings_file), prefers_dark=lambda: False)
@@ -406,7 +378,7 @@ def test_the_dark_theme_from_the_view_menu_is_remembered(root: tk.Tk, opened: Op
     assert again.chat_view.text.cget("background") == DARK.paper
 
 
-def test_the_theme_follows_the_system_by_default(root: tk.Tk, opened: Opened,
+def test_the_theme_follows_the_system_by_default(root: tk.Tk, opened: Windows,
                                                  tmp_path: Path) -> None:
     window, _, _ = opened.seam(settings=Settings(tmp_path / "new.json"), prefers_dark=lambda: True)
     assert window.settings.theme == "system"
@@ -414,7 +386,7 @@ def test_the_theme_follows_the_system_by_default(root: tk.Tk, opened: Opened,
 
 
 def test_a_broken_settings_file_is_said_once_and_the_window_opens(
-        root: tk.Tk, opened: Opened, _settings_in_a_temporary_folder: Path) -> None:
+        root: tk.Tk, opened: Windows, _settings_in_a_temporary_folder: Path) -> None:
     path = _settings_in_a_temporary_folder  # where $PANDA_CHAT_SETTINGS points (conftest.py)
     path.write_text("{broken")
     window, _, _ = opened.seam()
@@ -422,7 +394,7 @@ def test_a_broken_settings_file_is_said_once_and_the_window_opens(
     assert window.chat_fonts.size == client3.FONT_SIZE
 
 
-def test_ctrl_s_saves_the_chat_with_times_and_names(root: tk.Tk, opened: Opened,
+def test_ctrl_s_saves_the_chat_with_times_and_names(root: tk.Tk, opened: Windows,
                                                     tmp_path: Path) -> None:
     saved = tmp_path / "chat.txt"
     with running_server() as server:
@@ -440,7 +412,7 @@ def test_ctrl_s_saves_the_chat_with_times_and_names(root: tk.Tk, opened: Opened,
 
 
 def test_the_unread_marker_shows_what_came_while_one_looked_away(
-        root: CountingTk, opened: Opened, elsewhere: tk.Entry) -> None:
+        root: CountingTk, opened: Windows, elsewhere: tk.Entry) -> None:
     with running_server() as server:
         bob = LineClient(server.address, "Bob")
         window = opened.joined(server.address, "Alice")
@@ -461,7 +433,7 @@ def test_the_unread_marker_shows_what_came_while_one_looked_away(
         assert text.count(marker) == 1 and re.search(rf"{marker}\n\d\d:\d\d Bob: later$", text)
 
 
-def test_f1_lists_the_keys(root: tk.Tk, opened: Opened) -> None:
+def test_f1_lists_the_keys(root: tk.Tk, opened: Windows) -> None:
     window, _, _ = opened.seam()
     press(window.input.entry, "F1")
     shortcuts = window.shortcuts
@@ -473,7 +445,7 @@ def test_f1_lists_the_keys(root: tk.Tk, opened: Opened) -> None:
 
 
 def test_a_whisper_or_mention_while_away_is_a_desktop_notification(
-        root: CountingTk, opened: Opened, elsewhere: tk.Entry, tmp_path: Path) -> None:
+        root: CountingTk, opened: Windows, elsewhere: tk.Entry, tmp_path: Path) -> None:
     # A stand-in notify-send: a real program, run the way the real one is, that writes down
     # its arguments instead of showing anything.
     written = tmp_path / "notified.txt"
@@ -495,7 +467,7 @@ def test_a_whisper_or_mention_while_away_is_a_desktop_notification(
     assert os.access(notifier, os.X_OK)
 
 
-def test_the_user_lists_menu_starts_a_whisper(root: tk.Tk, opened: Opened) -> None:
+def test_the_user_lists_menu_starts_a_whisper(root: tk.Tk, opened: Windows) -> None:
     window, inbox, _ = opened.seam()
     inbox.put(Message("grove", "2 pandas here: Alice Bob"))
     pump(root, lambda: len(window.user_list.listed) == 2, "the listing")
@@ -510,7 +482,7 @@ def test_the_user_lists_menu_starts_a_whisper(root: tk.Tk, opened: Opened) -> No
     assert window.input.entry.get() == "@whisper Bob "
 
 
-def test_the_status_bar_shows_the_groves_states(root: tk.Tk, opened: Opened) -> None:
+def test_the_status_bar_shows_the_groves_states(root: tk.Tk, opened: Windows) -> None:
     window, _, _ = opened.seam()
     window.status_bar.set_states({"locked": "Locked", "slow": "Slow mode: 5 s"})
     root.update()
@@ -521,7 +493,7 @@ def test_the_status_bar_shows_the_groves_states(root: tk.Tk, opened: Opened) -> 
     assert not window.status_bar.states_label.winfo_ismapped()
 
 
-def test_mentions_in_a_flood_ring_the_bell_once(root: CountingTk, opened: Opened,
+def test_mentions_in_a_flood_ring_the_bell_once(root: CountingTk, opened: Windows,
                                                 elsewhere: tk.Entry) -> None:
     window, inbox, _ = opened.seam()
     look_away(root, window, elsewhere)
@@ -535,7 +507,7 @@ def test_mentions_in_a_flood_ring_the_bell_once(root: CountingTk, opened: Opened
     assert len(lines_tagged(window, "mention")) == 500
 
 
-def test_the_menu_key_opens_the_menu_of_the_selected_name(root: tk.Tk, opened: Opened) -> None:
+def test_the_menu_key_opens_the_menu_of_the_selected_name(root: tk.Tk, opened: Windows) -> None:
     window, inbox, _ = opened.seam()
     inbox.put(Message("grove", "2 pandas here: Alice Bob"))
     pump(root, lambda: len(window.user_list.listed) == 2, "the listing")
