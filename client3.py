@@ -2347,10 +2347,8 @@ class ChatWindow:
 
     def show(self, msg: Message, *, own: bool = False) -> None:
         rendered = render(msg, clock=time.strftime("%H:%M"), me=self.session.name, own=own)
-        if not own and not self._unread_marked and not self.has_focus() \
-                and self.session.phase == "chatting" and msg.kind not in ("welcome", "history"):
-            self._unread_marked = True
-            self.chat_view.mark_unread()
+        if not own:
+            self._mark_unread_if_away(msg)
         self.chat_view.append(rendered)
         self.transcript.append(rendered.plain())
         if own:  # one's own line, sent outside a poll tick, brings the view back to the newest
@@ -2359,7 +2357,15 @@ class ChatWindow:
             return
         self.lines_shown += 1
         if (rendered.mention or rendered.whisper) and msg.kind != "history":
-            self._alert(msg, rendered)
+            self._alert(rendered)
+
+    def _mark_unread_if_away(self, msg: Message) -> None:
+        """The first new line while the person looks elsewhere gets "new since you looked"
+        above it (once per time away; replayed history is not new)."""
+        if (not self._unread_marked and self.session.phase == "chatting"
+                and msg.kind not in ("welcome", "history") and not self.has_focus()):
+            self._unread_marked = True
+            self.chat_view.mark_unread()
 
     def note(self, text: str) -> None:
         rendered = render_note(text, time.strftime("%H:%M"))
@@ -2483,7 +2489,7 @@ class ChatWindow:
         return bool(focus) and str(self.root.tk.call("winfo", "toplevel", focus)) == str(
             self.root)
 
-    def _alert(self, msg: Message, rendered: Rendered) -> None:
+    def _alert(self, rendered: Rendered) -> None:
         """A mention or a whisper while the person looks elsewhere: one more in the title's
         count, and a notification (or the bell, at most every BELL_GAP_S)."""
         if self.has_focus():
