@@ -10,8 +10,22 @@ Stop:  close the window (it says goodbye with @leaves first), or Ctrl+C in its t
 
 The shape: a Connection owns the socket. Its receiver thread reads lines, parses them with
 protocol.parse_line and only puts the results into a queue.Queue. ChatWindow lives on Tk's thread:
-poll() drains that queue with after(), a bounded batch per tick, and no other thread ever touches a
-widget. Only Connection.send() writes to the socket.
+poll() drains that queue with after(), within a time budget per tick, and no other thread ever
+touches a widget. Only Connection.send() writes to the socket.
+
+The parts, in the order of this file (each section starts with a "# --- " line):
+  Text for display   pure: tk_safe, escaping, bidi_display, links, name colours, mentions
+  render             pure: render(message) -> the pieces and tags of one chat line
+  Input helpers      pure: InputHistory (Up/Down), Completer (Tab), Placeholders
+  Settings           the small JSON file in the user's config folder (font size, theme)
+  Timers             Reconnector (the countdown to the next attempt), Notifier (bell, desktop)
+  Session            no Tk: phase, names, the user list, the resume code, the write-ahead
+                     outbox; what each message kind does, in one table (Session.KINDS)
+  The connection     Connection and its receiver thread
+  Widgets            one class per view: ChatView (+ FindBar), UserList, NameForm, InputBar,
+                     OfflineBanner, StatusBar, ShortcutList
+  ChatWindow         the coordinator: builds the views, wires them to the Session, polls
+  Running it         open_chat(), the --no-gui client, main()
 """
 
 from __future__ import annotations
@@ -19,36 +33,50 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import json
 import math
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import ssl
+import subprocess
 import sys
 import threading
 import time
 import tkinter as tk
 import unicodedata
+import webbrowser
 import zlib
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from tkinter import filedialog, ttk
 from tkinter import font as tkfont
-from tkinter import ttk
 from types import FrameType
-from typing import Final, Literal, TextIO
+from typing import Any, ClassVar, Final, Literal, Protocol, TextIO
 
 from protocol import (
     LINE_TOO_LONG,
+    MAX_NAME_CHARS,
     MAX_SERVER_LINE_BYTES,
     LineBuffer,
+    Member,
     Message,
     TlsSession,
+    chat_line,
     clean_text,
     encode_line,
     name_key,
+    parse_grove_line,
+    parse_history,
     parse_line,
+    parse_lost,
+    parse_resume,
+    system_line,
 )
 
 DEFAULT_HOST: Final = "127.0.0.1"
@@ -66,10 +94,12 @@ RECV_BYTES: Final = 65536
 # 20 ticks a second: a line shows within 50 ms (below what a person notices in a chat), while an
 # idle window wakes up rarely.
 POLL_MS: Final = 50
-# Lines handled per tick. 200 lines take a few milliseconds to render, so a flood of thousands is
-# shown in many short ticks, with Tk handling keys, clicks and redraws in between, instead of one
-# long freeze. While more lines wait, the next tick comes after 1 ms rather than POLL_MS.
-POLL_BATCH: Final = 200
+# A tick's budget, by time and by characters rather than by lines (a 4,000-character line costs
+# Tk twenty times what a short one does): 15 ms of work leaves Tk the rest of a 50 ms frame for
+# keys, clicks and redraws; 12,000 characters bound what Tk lays out (wraps) after the tick. While
+# more lines wait, the next tick comes after BACKLOG_POLL_MS rather than POLL_MS.
+POLL_BUDGET_S: Final = 0.015
+POLL_BUDGET_CHARS: Final = 12_000
 BACKLOG_POLL_MS: Final = 1
 # Scrollback: 2,000 lines is a few hours of a busy classroom chat (several screens more than anybody
 # scrolls back through), while keeping the Text widget small: a Tk Text slows down (inserts, wraps,
@@ -82,18 +112,36 @@ HISTORY_LIMIT: Final = 200
 # repeats until it works or the person presses Cancel, so a server back after minutes is found
 # within 15 s, at the cost of one failed connect every 15 s meanwhile.
 RETRY_DELAYS_S: Final = (1.0, 2.0, 4.0, 8.0, 15.0)
+# The bell rings at most once in this many seconds: a flood of mentions is one ring, not 5,000.
+BELL_GAP_S: Final = 5.0
+# The chat's font size in points, and how far zooming may take it (readable to poster-sized).
+FONT_SIZE: Final = 11
+FONT_SIZES: Final = range(7, 33)
 
 # What Tab completes after "@": the server's commands (@help lists them).
 COMMANDS: Final = ("@bamboo", "@grove", "@help", "@leaves", "@whisper")
 COMMAND_BUTTONS: Final = (("@bamboo", "Bamboo fact"), ("@grove", "Who's here"),
                           ("@help", "Help"), ("@leaves", "Leave"))
 
+# The keys of the window, for F1's list (and README).
+SHORTCUTS: Final = (
+    ("Enter", "send the line (while offline: send it when back)"),
+    ("Up / Down", "walk through the lines you sent"),
+    ("Tab", "complete a name or an @command; Tab again for the next match"),
+    ("PageUp / PageDown", "scroll the chat"),
+    ("Ctrl+F", "find in the chat (Enter: next, Shift+Enter: previous, Escape: close)"),
+    ("Ctrl+plus / Ctrl+minus / Ctrl+0", "zoom the chat in, out, back to normal"),
+    ("Ctrl+S", "save the chat as a text file"),
+    ("F1", "this list"),
+)
+
 # Colours. A chat name keeps its colour: the colour is picked by a stable hash of the name (not
-# Python's hash(), which changes from run to run), from colours that read well on white.
+# Python's hash(), which changes from run to run), from colours that read well on the paper.
 NAME_COLOURS: Final = ("#c62828", "#1565c0", "#2e7d32", "#7b1fa2", "#e65100", "#00838f",
                        "#ad1457", "#5d4037", "#303f9f", "#827717")
 GREEN: Final = "#2e7d32"        # bamboo: the header, the accent
 GREEN_DARK: Final = "#1b5e20"
+HEADER_INFO_FG: Final = "#dcedc8"  # the address on the green header, in both themes
 PAPER: Final = "#ffffff"        # the chat view
 PANEL: Final = "#f1f5ef"        # the side panel and the input area
 INK: Final = "#1f2933"
@@ -107,13 +155,55 @@ HELP_FG: Final = "#1e3a8a"
 WHISPER_FG: Final = "#6d28d9"
 MENTION_BG: Final = "#fff1b8"   # a line that names you: a marker-pen yellow
 OFFLINE_BG: Final = "#fdecea"
-STATUS_DOTS: Final = {"connecting": "#d97706", "naming": "#d97706",
-                      "chatting": "#16a34a", "offline": "#dc2626"}
 
 Phase = Literal["connecting", "naming", "chatting", "offline"]
 
 
-# --- Text for Tk ----------------------------------------------------------
+@dataclass(frozen=True)
+class Palette:
+    """The colours of one theme. The light one is the constants above."""
+
+    paper: str = PAPER
+    panel: str = PANEL
+    ink: str = INK
+    muted: str = MUTED
+    border: str = "#d5dbd2"
+    status_bg: str = "#e3e9e0"
+    time: str = "#9aa5b1"
+    own_bg: str = OWN_BG
+    error: str = ERROR_FG
+    alert: str = ALERT_FG
+    fact_fg: str = FACT_FG
+    fact_bg: str = FACT_BG
+    help: str = HELP_FG
+    whisper: str = WHISPER_FG
+    mention_bg: str = MENTION_BG
+    offline_bg: str = OFFLINE_BG
+    art: str = "#374151"
+    link: str = "#1d4ed8"
+    found_bg: str = "#fde68a"
+    found_current_bg: str = "#f59e0b"
+    accent: str = GREEN           # welcome and info lines
+    names: tuple[str, ...] = NAME_COLOURS
+    dots: Mapping[str, str] = field(default_factory=lambda: {
+        "connecting": "#d97706", "naming": "#d97706", "chatting": "#16a34a",
+        "offline": "#dc2626"})
+
+
+LIGHT: Final = Palette()
+# The dark theme: the same roles on a dark grey, the name colours lightened to read on it.
+DARK: Final = replace(
+    LIGHT, paper="#1e2124", panel="#26292d", ink="#e5e7eb", muted="#9ca3af", border="#3a3f45",
+    status_bg="#202326", time="#7b8794", own_bg="#1f3326", error="#f87171", alert="#fb923c",
+    fact_fg="#bbf7d0", fact_bg="#163322", help="#93c5fd", whisper="#c4b5fd",
+    mention_bg="#4a3f10", offline_bg="#3b1f1f", art="#d1d5db", link="#93c5fd", accent="#a5d6a7",
+    found_bg="#7c5e10", found_current_bg="#b45309",
+    names=("#ef9a9a", "#90caf9", "#a5d6a7", "#ce93d8", "#ffcc80", "#80deea", "#f48fb1",
+           "#bcaaa4", "#9fa8da", "#e6ee9c"))
+THEMES: Final = {"light": LIGHT, "dark": DARK}
+
+
+# --- Text for display (pure) ------------------------------------------------
 
 _ASTRAL: Final = re.compile("[\U00010000-\U0010ffff]")
 
@@ -128,24 +218,84 @@ def tk_safe(text: str) -> str:
     """text with every character above U+FFFF, which Tk 8.6 cannot hold or draw reliably (emoji
     can crash it), replaced by its name in brackets: "\\U0001F43C" -> "[giant panda]".
 
-    Everything that reaches a widget goes through here: chat text, names, status, errors."""
+    For display only: what is sent keeps the real characters (see Placeholders)."""
     if text.isascii():
         return text
     return _ASTRAL.sub(_astral_name, text)
 
 
-def name_colour(name: str) -> str:
+# Where right-to-left letters live (Hebrew, Arabic, Syriac, Thaana, NKo, ..., their presentation
+# forms, and the astral RTL blocks): a quick test that spares the per-character look-up below
+# for the lines (nearly all) that have none.
+_MAYBE_RTL: Final = re.compile(
+    "[\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufefe\U00010800-\U00010fff\U0001e800-\U0001efff]")
+_STRONG_RTL: Final = frozenset({"R", "AL"})
+# Inside a right-to-left run these stay with it; anything else (a Latin letter) ends the run.
+_RUN_NEUTRAL: Final = frozenset({"WS", "ON", "CS", "ES", "ET", "EN", "AN", "NSM", "BN", "S"})
+_DIGITS: Final = frozenset({"EN", "AN"})
+_MIRRORED: Final = str.maketrans("()[]{}<>«»", ")(][}{><»«")
+
+
+def bidi_display(text: str) -> str:
+    """text in the order to draw it left to right: each run of right-to-left text (from a strong
+    RTL letter to the last one, with the spaces, punctuation and digits between) is reversed,
+    its digits kept in reading order and its brackets mirrored. Tk 8.6 draws in typing order,
+    which shows Arabic and Hebrew words backwards; this is a simple bidi for display only.
+
+    It is its own inverse (bidi_display(bidi_display(t)) == t): copying from the chat view
+    turns what is shown back into what was said."""
+    if not _MAYBE_RTL.search(text):
+        return text
+    classes = [unicodedata.bidirectional(ch) for ch in text]
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        if classes[i] not in _STRONG_RTL:
+            out.append(text[i])
+            i += 1
+            continue
+        end = last = i  # the run: from here to its last strong RTL letter
+        while end < len(text) and (classes[end] in _STRONG_RTL or classes[end] in _RUN_NEUTRAL):
+            if classes[end] in _STRONG_RTL:
+                last = end
+            end += 1
+        out.append(_reverse_run(text[i:last + 1], classes[i:last + 1]))
+        i = last + 1
+    return "".join(out)
+
+
+def _reverse_run(run: str, classes: list[str]) -> str:
+    pieces: list[str] = []  # digit groups whole (numbers read left to right), others alone
+    after_digit = False
+    for ch, kind in zip(run, classes, strict=True):
+        digit = kind in _DIGITS
+        if digit and after_digit:
+            pieces[-1] += ch
+        else:
+            pieces.append(ch)
+        after_digit = digit
+    return "".join(reversed(pieces)).translate(_MIRRORED)
+
+
+def for_display(text: str) -> str:
+    """What a widget may show of text from the network: control characters escaped (a foreign
+    server may not have; a NUL would end the text in Tk), RTL runs reordered, astral characters
+    named. Never for what is sent."""
+    return tk_safe(bidi_display(clean_text(text)))
+
+
+def name_colour(name: str, palette: Palette = LIGHT) -> str:
     """The colour of a name: the same for that name (ignoring case) in every line and every run."""
-    return NAME_COLOURS[zlib.crc32(name_key(name).encode("utf-8")) % len(NAME_COLOURS)]
+    return palette.names[name_index(name)]
 
 
-def _name_tag(name: str) -> str:
+def name_index(name: str) -> int:
+    return zlib.crc32(name_key(name).encode("utf-8")) % len(NAME_COLOURS)
+
+
+def name_tag(name: str) -> str:
     """The chat view's tag for a name's colour (one tag per colour, not per name)."""
-    return f"name{NAME_COLOURS.index(name_colour(name))}"
-
-
-# A line said before one joined, as the server replays it: "[12:03] Bob: hi".
-_HISTORY_LINE: Final = re.compile(r"^\[(\d{1,2}:\d{2})\] (.*)$")
+    return f"name{name_index(name)}"
 
 
 def mention_pattern(name: str) -> re.Pattern[str]:
@@ -159,19 +309,839 @@ def first_word(text: str) -> str:
     return words[0] if words else ""
 
 
-def grove_names(text: str) -> list[str]:
-    """The names of "3 pandas here: Alice Bob Carol"."""
-    _, sep, names = text.partition(": ")
-    return names.split() if sep else []
+# A link: http(s):// up to a space, without the punctuation that usually ends a sentence.
+LINK: Final = re.compile(r"https?://[^\s<>\"]+[^\s<>\".,;:!?)\]}'’]")
 
 
 def wire_line(msg: Message) -> str:
     """A parsed line back as it came over the wire."""
     if msg.kind == "chat":
-        return f"{msg.sender}: {msg.text}"
+        return chat_line(msg.sender, msg.text)
     if msg.kind == "text":
         return msg.text
-    return f"* {msg.kind}: {msg.text}"
+    return system_line(msg.kind, msg.text)
+
+
+# --- render (pure) -----------------------------------------------------------
+
+Tags = tuple[str, ...]
+Piece = tuple[str, Tags]
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One chat line: its pieces (text, tags) left to right, the tags of the whole line, and
+    whether it names us (mention) or whispers to us (both may call for a notification)."""
+
+    pieces: tuple[Piece, ...]
+    line_tags: Tags = ()
+    mention: bool = False
+    whisper: bool = False
+
+    def plain(self) -> str:
+        """The line as text, as said (Save writes this)."""
+        return "".join(text for text, _ in self.pieces)
+
+
+# The style of each system line kind; anything not here is "system" (grey italics). Issue #11's
+# kinds (announce, action, kick, mute, lock, hush, slowmode) get their entries here.
+SYSTEM_STYLES: Final = {"welcome": "welcome", "info": "info", "error": "error", "help": "help",
+                        "shutdown": "alert", "full": "alert", "bye": "alert", "slow": "note"}
+
+
+def render(msg: Message, *, clock: str, me: str | None = None, own: bool = False) -> Rendered:
+    """The pieces and tags of msg as a line of the chat view. clock is the time to show ("12:03"),
+    me our own name (for mentions), own marks a line we sent ourselves.
+
+    History lines show the server's time instead of ours, missed lines "missed" instead of a
+    time; both are muted ("earlier") and tagged "history" / "missed" on the whole line."""
+    line_tags: Tags = ("line", "own") if own else ("line",)
+    stamp: Piece = (clock + " ", ("time",))
+    kind = msg.kind
+    earlier = kind in ("history", "missed")
+    if kind == "history":  # "* history: [12:03] Bob: hi", said before we came
+        said = parse_history(msg.text)
+        if said:
+            stamp = (said[0] + " ", ("time",))
+        msg = parse_line(said[1] if said else msg.text)
+        line_tags += ("history",)
+    elif kind == "missed":  # "* missed: Bob: hi", said while our connection was down
+        stamp = ("missed ", ("time", "missed_label"))
+        msg = parse_line(msg.text)
+        line_tags += ("missed",)
+    pieces, mention, whisper = _body(msg, me, own, earlier)
+    if msg.kind == "art":
+        stamp = ("", ())
+    if mention:
+        line_tags += ("mention",)
+    return Rendered((stamp, *pieces), line_tags, mention, whisper)
+
+
+def _body(msg: Message, me: str | None, own: bool, earlier: bool
+          ) -> tuple[list[Piece], bool, bool]:
+    """The pieces after the time; whether they name us; whether they whisper to us."""
+    kind = msg.kind
+    if kind == "chat":
+        mention = not own and _names(me, msg.sender, msg.text)
+        you = [(" (you)", ("you",))] if own else []
+        said = ("earlier",) if earlier else ("body",)
+        return ([(msg.sender, (name_tag(msg.sender),)), *you,
+                 *_linked(": " + msg.text, said)], mention, False)
+    if kind in ("whisper", "whispered"):  # "Bob: psst" / "to Bob: psst"
+        rest = msg.text.removeprefix("to ") if kind == "whispered" else msg.text
+        who = parse_line(rest)
+        if who.kind != "chat":
+            return [(msg.text, ("whisper",))], False, False
+        if kind == "whisper":
+            return ([(who.sender, (name_tag(who.sender),)),
+                     (" whispers to you: ", ("whisper_label",)),
+                     *_linked(who.text, ("whisper",))],
+                    _names(me, who.sender, who.text), True)
+        return ([("you whispered to ", ("whisper_label",)),
+                 (who.sender, (name_tag(who.sender),)),
+                 *_linked(": " + who.text, ("whisper",))], False, False)
+    if kind == "art":
+        return [(msg.text, ("art",))], False, False
+    if kind == "fact":
+        return [("Bamboo fact: ", ("fact_label",)), (msg.text, ("fact",))], False, False
+    if kind == "command":
+        return [("you: ", ("command",)), (msg.text, ("command",))], False, False
+    if kind == "text":
+        return _linked(msg.text, ("body",)), False, False
+    style = "system" if earlier else SYSTEM_STYLES.get(kind, "system")
+    return _linked("\u2022 " + msg.text, (style,)), False, False
+
+
+def _names(me: str | None, sender: str, text: str) -> bool:
+    """text, said by sender, names me (and sender is not me)."""
+    return (me is not None and name_key(sender) != name_key(me)
+            and mention_pattern(me).search(text) is not None)
+
+
+def _linked(text: str, tags: Tags) -> list[Piece]:
+    """text as pieces, its links apart with the "link" tag added."""
+    if "://" not in text:
+        return [(text, tags)]
+    pieces: list[Piece] = []
+    at = 0
+    for link in LINK.finditer(text):
+        if link.start() > at:
+            pieces.append((text[at:link.start()], tags))
+        pieces.append((link.group(), (*tags, "link")))
+        at = link.end()
+    if at < len(text):
+        pieces.append((text[at:], tags))
+    return pieces
+
+
+def render_note(text: str, clock: str) -> Rendered:
+    """A line from the client itself: a fault, something not sent."""
+    return Rendered(((clock + " ", ("time",)), ("\u2022 " + text, ("note",))), ("line",))
+
+
+# --- Input helpers (pure) ----------------------------------------------------
+
+class InputHistory:
+    """The lines one sent, for Up and Down (cf. idlelib's history.py).
+
+    add(text)       a line was sent; the walk starts again from the newest
+    up(current)     the line before (current, the unsent text, is kept as the draft);
+                    None when there is nothing older
+    down()          the line after; past the newest, the draft again; None when not walking
+    """
+
+    def __init__(self, limit: int = HISTORY_LIMIT) -> None:
+        self.limit = limit
+        self.entries: list[str] = []
+        self._pos: int | None = None
+        self._draft = ""
+
+    def add(self, text: str) -> None:
+        self.entries.append(text)
+        del self.entries[:-self.limit]
+        self._pos = None
+        self._draft = ""
+
+    def up(self, current: str) -> str | None:
+        if not self.entries:
+            return None
+        if self._pos is None:
+            self._draft = current
+            self._pos = len(self.entries)
+        if self._pos == 0:
+            return None
+        self._pos -= 1
+        return self.entries[self._pos]
+
+    def down(self) -> str | None:
+        if self._pos is None:
+            return None
+        self._pos += 1
+        if self._pos >= len(self.entries):
+            self._pos = None
+            return self._draft
+        return self.entries[self._pos]
+
+
+class Completer:
+    """Tab completion of the word before the cursor: an @command, or a name.
+
+    complete(text, cursor, names) -> (new text, new cursor), or None when nothing matches.
+    A Tab right after a completion (the text and cursor it left) goes on to the next match.
+    """
+
+    def __init__(self, commands: Sequence[str] = COMMANDS) -> None:
+        self.commands = commands
+        self._last: tuple[str, int] | None = None  # the text and cursor we left
+        self._start = 0
+        self._tail = ""
+        self._matches: list[str] = []
+        self._index = 0
+
+    def complete(self, text: str, cursor: int, names: Iterable[str]) -> tuple[str, int] | None:
+        if self._last != (text, cursor):
+            start = max(text.rfind(" ", 0, cursor), text.rfind("\t", 0, cursor)) + 1
+            prefix = text[start:cursor].casefold()
+            if not prefix:
+                return None
+            candidates = (self.commands if prefix.startswith("@")
+                          else sorted(names, key=str.casefold))
+            matches = [c for c in candidates if c.casefold().startswith(prefix)]
+            if not matches:
+                return None
+            self._start, self._tail, self._matches, self._index = start, text[cursor:], matches, 0
+        else:
+            self._index = (self._index + 1) % len(self._matches)
+        head = text[:self._start] + self._matches[self._index] + " "
+        self._last = (head + self._tail, len(head))
+        return self._last
+
+
+class Placeholders:
+    """What tk_safe() put in the input line, to be put back before sending.
+
+    The entry shows "Mei[panda face]" for "Mei🐼" (Tk 8.6 cannot hold the emoji); learn(text)
+    remembers the names of text's astral characters, restore(shown) turns them back.
+    """
+
+    def __init__(self) -> None:
+        self._chars: dict[str, str] = {}
+
+    def learn(self, text: str) -> str:
+        """text as the entry shows it; its placeholders remembered."""
+        for ch in _ASTRAL.findall(text):
+            self._chars[tk_safe(ch)] = ch
+        return tk_safe(text)
+
+    def restore(self, shown: str) -> str:
+        if not self._chars or "[" not in shown:
+            return shown
+        pattern = "|".join(re.escape(p) for p in sorted(self._chars, key=len, reverse=True))
+        return re.sub(pattern, lambda m: self._chars[m.group()], shown)
+
+
+# --- Settings ------------------------------------------------------------------
+
+SETTINGS_ENV: Final = "PANDA_CHAT_SETTINGS"  # a settings file elsewhere (tests, portable use)
+
+
+def settings_path() -> Path:
+    """Where the settings live: $PANDA_CHAT_SETTINGS, else the platform's config folder."""
+    if override := os.environ.get(SETTINGS_ENV):
+        return Path(override)
+    if sys.platform == "win32":
+        base = Path(os.environ.get("APPDATA") or Path.home() / "AppData" / "Roaming")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "panda-chat" / "settings.json"
+
+
+class Settings:
+    """The window's few settings, in one small JSON file; never required.
+
+    Settings(path) reads it; a missing file is the defaults, a broken one is the defaults and one
+    warning (on stderr, and in .warning for the window to show). save() writes it back.
+      font_size  the chat's font size in points (Ctrl+plus / minus / 0)
+      theme      "system" (follow the desktop's where it can tell), "light" or "dark"
+    """
+
+    THEME_CHOICES: ClassVar = ("system", "light", "dark")
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path if path is not None else settings_path()
+        self.font_size = FONT_SIZE
+        self.theme = "system"
+        self.warning: str | None = None
+        self.load()
+
+    def load(self) -> None:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            self._warn(f"cannot read {self.path} ({exc}); using the defaults")
+            return
+        if not isinstance(data, dict):
+            self._warn(f"{self.path} is not a JSON object; using the defaults")
+            return
+        size, theme = data.get("font_size", FONT_SIZE), data.get("theme", "system")
+        if isinstance(size, int) and size in FONT_SIZES:
+            self.font_size = size
+        if theme in self.THEME_CHOICES:
+            self.theme = theme
+
+    def _warn(self, text: str) -> None:
+        self.warning = f"Settings: {text}."
+        print(f"client3.py: {self.warning}", file=sys.stderr)
+
+    def save(self) -> None:
+        data = {"font_size": self.font_size, "theme": self.theme}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+            tmp.replace(self.path)  # never half a file
+        except OSError as exc:
+            if self.warning is None:
+                self._warn(f"cannot write {self.path} ({exc.strerror or exc})")
+
+
+Runner = Callable[[Sequence[str]], str | None]  # runs a command briefly; its stdout or None
+
+
+def run_briefly(argv: Sequence[str]) -> str | None:
+    try:
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=2, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def system_prefers_dark(run: Runner = run_briefly, env: Mapping[str, str] = os.environ) -> bool:
+    """The desktop's choice of a dark theme, where it can be told without extra packages:
+    GNOME's color-scheme, a GTK_THEME ending in ":dark", macOS's AppleInterfaceStyle, Windows'
+    AppsUseLightTheme. False when nothing says dark."""
+    if env.get("GTK_THEME", "").lower().endswith(":dark"):
+        return True
+    if sys.platform == "win32":
+        try:
+            import winreg
+            key = winreg.OpenKey(winreg.HKEY_CURRENT_USER,  # type: ignore[attr-defined,unused-ignore]
+                                 r"Software\Microsoft\Windows\CurrentVersion\Themes\Personalize")
+            value, _ = winreg.QueryValueEx(key, "AppsUseLightTheme")  # type: ignore[attr-defined,unused-ignore]
+            return value == 0
+        except OSError:
+            return False
+    if sys.platform == "darwin":
+        return "dark" in (run(["defaults", "read", "-g", "AppleInterfaceStyle"]) or "").lower()
+    if shutil.which("gsettings"):
+        scheme = run(["gsettings", "get", "org.gnome.desktop.interface", "color-scheme"])
+        return "dark" in (scheme or "").lower()
+    return False
+
+
+# --- Timers ------------------------------------------------------------------------
+
+After = Callable[[int, Callable[[], None]], str]
+AfterCancel = Callable[[str], None]
+
+
+class Reconnector:
+    """The countdown to the next automatic attempt to connect.
+
+    Reconnector(after, after_cancel, delays, attempt, show)
+      after, after_cancel   Tk's (root.after, root.after_cancel), or a test's clock
+      delays                the waits before each attempt, the last one repeating
+      attempt()             called when a wait is over: connect now
+      show(text)            the countdown to show ("Reconnecting in 4 s… (attempt 3)"); "" hides it
+    schedule() counts down to the next attempt; stop() ends it all (and cancels the timer).
+    attempt_no is the attempt under way or next (0: none); waiting says a countdown runs.
+    """
+
+    def __init__(self, after: After, after_cancel: AfterCancel, delays: Sequence[float],
+                 attempt: Callable[[], None], show: Callable[[str], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.after, self.after_cancel = after, after_cancel
+        self.delays = tuple(delays)
+        self.attempt, self.show, self.clock = attempt, show, clock
+        self.attempt_no = 0
+        self._timer: str | None = None
+        self._due = 0.0
+
+    @property
+    def waiting(self) -> bool:
+        return self._timer is not None
+
+    def schedule(self) -> None:
+        if not self.delays:
+            return
+        self.attempt_no += 1
+        self._due = self.clock() + self.delays[min(self.attempt_no, len(self.delays)) - 1]
+        self._tick()
+
+    def _tick(self) -> None:
+        self._timer = None
+        remaining = self._due - self.clock()
+        if remaining > 0:
+            seconds = math.ceil(remaining)
+            self.show(f"Reconnecting in {seconds} s\u2026 (attempt {self.attempt_no})")
+            # Back when the number shown changes, or the wait is over.
+            wait_ms = math.ceil((remaining - (seconds - 1)) * 1000)
+            self._timer = self.after(wait_ms, self._tick)
+            return
+        self.show(f"Reconnecting\u2026 (attempt {self.attempt_no})")
+        self.attempt()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self.after_cancel(self._timer)
+            self._timer = None
+        self.attempt_no = 0
+        self.show("")
+
+
+def notify_send_command() -> str | None:
+    """The desktop's notifier where it needs no extra packages: notify-send (libnotify) on
+    Linux. None elsewhere: the bell and the title count do."""
+    return shutil.which("notify-send") if sys.platform.startswith("linux") else None
+
+
+class Notifier:
+    """Tells the person about a mention or a whisper while they look elsewhere: a desktop
+    notification (command, e.g. notify-send, run without waiting) or else the bell; either at
+    most once every BELL_GAP_S (a flood of mentions is one notification, not 5,000 processes;
+    the window's title counts them all).
+
+    Notifier(bell, command=None, spawn=subprocess.Popen, clock=time.monotonic, ring=True)
+      notify(title, body)   one notification; False when it only could ring (or stay quiet)
+    """
+
+    def __init__(self, bell: Callable[[], None], command: str | None = None, *,
+                 spawn: Callable[..., Any] = subprocess.Popen,
+                 clock: Callable[[], float] = time.monotonic, ring: bool = True) -> None:
+        self.bell, self.command, self.spawn, self.clock, self.ring = (
+            bell, command, spawn, clock, ring)
+        self._last: float | None = None  # when it last notified or rang
+        self._children: list[Any] = []  # spawned notifiers, reaped as they end
+
+    def notify(self, title: str, body: str) -> bool:
+        self._children = [c for c in self._children if c.poll() is None]
+        now = self.clock()
+        if self._last is not None and now - self._last < BELL_GAP_S:
+            return False
+        self._last = now
+        if self.command is not None:
+            try:
+                self._children.append(self.spawn(
+                    [self.command, "--app-name=Panda Chat", title, body],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL))
+                return True
+            except OSError:
+                self.command = None  # gone since: the bell from now on
+        if self.ring:
+            self.bell()
+        return False
+
+
+# --- Session (no Tk) -------------------------------------------------------------------
+
+class SessionView(Protocol):
+    """What a Session asks of its window (ChatWindow; a test's recorder)."""
+
+    def show(self, msg: Message, *, own: bool = False) -> None:
+        """A line in the chat view."""
+
+    def note(self, text: str) -> None:
+        """A line from the client itself."""
+
+    def set_status(self, text: str) -> None: ...
+
+    def set_offline_reason(self, text: str) -> None:
+        """Why we are offline, for the banner with Retry / Reconnect."""
+
+    def set_name_prompt(self, text: str) -> None: ...
+
+    def set_name_error(self, text: str) -> None: ...
+
+    def name_refused(self, name: str) -> None:
+        """Ask for a name again, with the refused one to edit."""
+
+    def welcomed(self) -> None: ...
+
+    def users_changed(self) -> None: ...
+
+    def phase_changed(self) -> None:
+        """Show and enable what fits session.phase (and asking_name)."""
+
+    def show_countdown(self, text: str) -> None:
+        """The reconnection countdown; "" hides it."""
+
+
+def _nothing() -> None:
+    pass
+
+
+def _not_sent(text: str) -> bool:
+    return False
+
+
+class Session:
+    """The chat session, without Tk: where we are (phase), who we are, who is here, and what
+    each line from the server does. Tested without a display.
+
+    Session(view, send=..., connect=..., disconnect=..., address="host:port", name=None,
+            after=..., after_cancel=..., retry_delays=RETRY_DELAYS_S)
+      send(text)    writes a line to the server; False when it could not
+      connect()     (re)opens the connection; what happens next comes to on_event/on_message
+      disconnect()  closes it (on Cancel, on close)
+      after, after_cancel, clock   the timers and clock of the Reconnector (self.retry)
+    The window calls: start(), on_event(), on_message(), submit_name(), submit(), reconnect(),
+    cancel_retry(), close(). KINDS maps a message kind to what it does; a kind not in it is only
+    shown.
+
+    phase is "connecting", "naming" (connected, no name accepted yet), "chatting" or "offline".
+    A connection lost while chatting (not after @leaves) is tried again by itself, resuming
+    with the server's resume code when there is one. Lines submitted while not chatting wait in
+    outbox and are sent, in order, on the next welcome.
+    """
+
+    def __init__(self, view: SessionView, *, send: Callable[[str], bool] = _not_sent,
+                 connect: Callable[[], None] = _nothing,
+                 disconnect: Callable[[], None] = _nothing,
+                 address: str = f"{DEFAULT_HOST}:{DEFAULT_PORT}", name: str | None = None,
+                 after: After, after_cancel: AfterCancel,
+                 retry_delays: Sequence[float] = RETRY_DELAYS_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.view = view
+        self.send, self.connect, self.disconnect = send, connect, disconnect
+        self.address = address
+        self.retry = Reconnector(after, after_cancel, retry_delays, self._connect_again,
+                                 view.show_countdown, clock)
+        self.phase: Phase = "connecting"
+        self.name: str | None = None          # the accepted name, while chatting
+        self.wanted_name = name               # the name to join with on (re)connect
+        self.pending_name: str | None = None  # sent, waiting for welcome or error
+        self.resume_code: str | None = None   # from the server, to come back after a drop
+        self.resuming = False                 # sent @resume, waiting for welcome or error
+        self.asking_name = name is None       # the name form is shown
+        self.ever_connected = False
+        self.leaving = False                  # we said @leaves; the close is expected
+        self.server_farewell: str | None = None  # the shutdown / full / bye line
+        self.users: dict[str, Member] = {}    # name_key -> who
+        self.away: set[str] = set()           # name_keys whose connection dropped
+        self.quiet = False                    # the server no longer announces joins and leaves
+        self.outbox: list[str] = []           # written while offline, sent when back
+        self.closed = False
+
+    def start(self) -> None:
+        self.reconnect()
+
+    # --- Who is here ---
+
+    def user_names(self) -> list[str]:
+        return sorted((m.name for m in self.users.values()), key=str.casefold)
+
+    def is_me(self, name: str) -> bool:
+        return self.name is not None and name_key(name) == name_key(self.name)
+
+    def _set_users(self, members: Iterable[Member]) -> None:
+        self.users = {}
+        self._add_users(members)
+        self.away &= self.users.keys()
+
+    def _add_users(self, members: Iterable[Member]) -> None:
+        for member in members:
+            if member.name:
+                self.users[name_key(member.name)] = member
+        self.view.users_changed()
+
+    # --- What the server says: one function per kind, in KINDS ---
+
+    def on_message(self, msg: Message) -> None:
+        handler = self.KINDS.get(msg.kind)
+        if handler is None or handler(self, msg):
+            self.view.show(msg)
+
+    def _on_welcome(self, msg: Message) -> bool:
+        self.retry.stop()
+        self.resuming = False
+        self.name = self.pending_name or self.wanted_name
+        self.wanted_name = self.name
+        self.pending_name = None
+        self.phase = "chatting"
+        self.asking_name = False
+        self.view.set_name_error("")
+        self.view.set_status(f"Connected to {self.address} as {self.name}")
+        self.view.phase_changed()
+        self.view.welcomed()
+        self.view.show(msg)
+        self._send_outbox()
+        return False  # shown before the written-ahead lines go out
+
+    def _on_error(self, msg: Message) -> bool:
+        if self.resuming:  # the code is wrong or has expired (the server restarted): join afresh
+            self.resuming = False
+            self.resume_code = None
+            if self.pending_name is not None:
+                self._send_name(self.pending_name)
+            return False
+        if self.pending_name is not None:
+            self._name_refused(msg.text)
+            return False
+        return True
+
+    def _on_resume(self, msg: Message) -> bool:
+        self.resume_code = parse_resume(msg.text)  # Reconnect sends it; nobody need see it
+        return False
+
+    def _on_name(self, msg: Message) -> bool:
+        self.view.set_name_prompt(msg.text)
+        return False  # the form asks; the prompt is not chat
+
+    def _on_grove(self, msg: Message) -> bool:
+        self._set_users(parse_grove_line("grove", msg.text))
+        return True
+
+    def _on_more(self, msg: Message) -> bool:
+        self._add_users(parse_grove_line("more", msg.text))
+        return True
+
+    def _on_join(self, msg: Message) -> bool:
+        self._add_users([Member(first_word(msg.text))])
+        return True
+
+    def _on_leave(self, msg: Message) -> bool:
+        key = name_key(first_word(msg.text))
+        self.users.pop(key, None)
+        self.away.discard(key)
+        self.view.users_changed()
+        return True
+
+    def _on_lost(self, msg: Message) -> bool:  # still here, may come back
+        if lost := parse_lost(msg.text):
+            self.away.add(name_key(lost[0]))
+            self.view.users_changed()
+        return True
+
+    def _on_back(self, msg: Message) -> bool:
+        self.away.discard(name_key(first_word(msg.text)))
+        self.view.users_changed()
+        return True
+
+    def _on_quiet(self, msg: Message) -> bool:
+        self.quiet = True
+        self.view.users_changed()
+        return True
+
+    def _on_farewell(self, msg: Message) -> bool:  # shutdown, full, bye
+        self.server_farewell = msg.text
+        self.resume_code = None  # nothing to come back to
+        if msg.kind == "bye":
+            self.leaving = True
+        return True
+
+    KINDS: ClassVar[Mapping[str, Callable[[Session, Message], bool]]] = {
+        "welcome": _on_welcome, "error": _on_error, "resume": _on_resume, "name": _on_name,
+        "grove": _on_grove, "more": _on_more, "join": _on_join, "leave": _on_leave,
+        "lost": _on_lost, "back": _on_back, "quiet": _on_quiet,
+        "shutdown": _on_farewell, "full": _on_farewell, "bye": _on_farewell,
+    }
+    """What each kind does besides being shown; True: show it too."""
+
+    # --- The connection ---
+
+    def on_event(self, event: ConnectionEvent) -> None:
+        if event.state == "connected":
+            self._on_connected()
+        elif event.state == "failed":
+            self._on_failed(event.detail)
+        else:
+            self._on_connection_lost(event.detail)
+        self.view.phase_changed()
+
+    def _on_connected(self) -> None:
+        self.phase = "naming"
+        self.ever_connected = True
+        self.view.set_status(f"Connected to {self.address}; choose a panda name")
+        if self.wanted_name is not None and self.resume_code is not None:
+            # Come back as the same panda without missing a line; on an error, the name.
+            self.resuming = self.send(f"@resume {self.resume_code}")
+            self.pending_name = self.wanted_name
+            self.view.set_status(f"Connected to {self.address}; coming back as "
+                                 f"{self.wanted_name}")
+        elif self.wanted_name is not None:
+            self._send_name(self.wanted_name)
+        else:
+            self.asking_name = True
+
+    def _on_failed(self, detail: str) -> None:
+        self.phase = "offline"
+        self.pending_name = None
+        why = f"Cannot reach the server at {self.address}: {detail}."
+        if self.retry.attempt_no:  # trying again by itself: the status bar counts, not the chat
+            self.retry.schedule()
+        else:
+            self.view.note(why)
+            self.view.set_offline_reason(why + " Press Retry to try again.")
+        self.view.set_status(f"Not connected: cannot reach {self.address}")
+
+    def _on_connection_lost(self, detail: str) -> None:
+        was_chatting = self.phase == "chatting"
+        retrying = self.retry.attempt_no > 0  # an automatic attempt connected, then lost it
+        self.phase = "offline"
+        self.pending_name = None
+        if self.name is not None:
+            self.wanted_name = self.name  # Reconnect joins with the same name
+        self.name = None
+        self._set_users([])  # who is there is unknown until the next listing
+        if self.leaving:
+            why = "You left the grove."
+            self.view.set_offline_reason("You left the grove. Press Reconnect to come back.")
+        else:
+            reason = self.server_farewell or f"Connection lost: {detail}."
+            why = f"Disconnected from {self.address}: {reason}"
+            if self.server_farewell is None and not retrying:  # else said already
+                self.view.note(why)
+            if not retrying:
+                again = (f" Press Reconnect to join again as {self.wanted_name}."
+                         if was_chatting and self.wanted_name else " Press Reconnect to try again.")
+                self.view.set_offline_reason(why + again)
+            if (was_chatting or retrying) and self.wanted_name is not None:
+                self.retry.schedule()  # even after a shutdown: the server may be back soon
+        self.view.set_status(why)
+
+    # --- The name ---
+
+    def submit_name(self, name: str) -> None:
+        """The name form's Enter and Join button."""
+        name = name.strip()
+        if not name:
+            self.view.set_name_error("Type a name first.")
+        elif self.pending_name is None:
+            self.wanted_name = name
+            if self.phase == "naming":
+                self._send_name(name)
+            elif self.phase == "offline":
+                self.view.set_name_error(
+                    "Not connected. Press Retry; you will join with this name.")
+            else:
+                self.view.set_name_error("Connecting; you will join with this name.")
+            self.view.phase_changed()
+
+    def _send_name(self, name: str) -> None:
+        if self.send(name):
+            self.pending_name = name
+            self.view.set_name_error("")
+            self.view.set_status(f"Connected to {self.address}; joining as {name}")
+        else:
+            self.view.set_name_error("Not sent: the connection is gone.")
+
+    def _name_refused(self, reason: str) -> None:
+        self.retry.stop()  # the connection is up: the person chooses a name now
+        refused = self.pending_name or ""
+        self.pending_name = None
+        self.wanted_name = None
+        self.asking_name = True
+        self.view.set_name_error(reason)
+        self.view.set_status(f"Connected to {self.address}; the name {refused} was refused")
+        self.view.phase_changed()
+        self.view.name_refused(refused)
+
+    # --- Sending ---
+
+    def submit(self, text: str) -> bool:
+        """A line the person wrote (Enter, Send, a button): sent now, or kept in outbox until
+        we are back in the grove. False for a blank line, which sends nothing."""
+        if not text.strip():
+            return False
+        if self.outbox or not self._deliver(text):
+            self.outbox.append(text)
+            self.view.note(f"Not connected: this goes out when you are back: {text}")
+        return True
+
+    def wire_text(self, text: str) -> str:
+        """What goes on the wire for text. "@Bob are you there?" (Bob being here) is a mention,
+        as README says, not a command: the server takes every line starting with "@" for a
+        command, but relays a line starting with a space as chat, so it gets one. Commands win
+        (a panda called "help" is not mentioned by "@help"), and "@Somebody" who is not here
+        goes as typed, so a mistyped command still gets the server's "Did you mean" answer."""
+        word = first_word(text)
+        if (text.startswith("@") and word.lower() not in COMMANDS
+                and name_key(word[1:]) in self.users):
+            return " " + text
+        return text
+
+    def _deliver(self, text: str) -> bool:
+        """Send one line and show it; False when it could not go (not chatting, or the
+        connection just went)."""
+        if self.phase != "chatting" or self.name is None:
+            return False
+        wire = self.wire_text(text)
+        if not self.send(wire):
+            return False
+        if wire.startswith("@"):
+            word = first_word(wire).lower()
+            if word != "@whisper":  # the server confirms a whisper itself
+                self.view.show(Message("command", text.strip()), own=True)
+            if word == "@leaves":
+                self.leaving = True
+                self.resume_code = None
+        else:
+            self.view.show(Message("chat", clean_text(text), self.name), own=True)
+        return True
+
+    def _send_outbox(self) -> None:
+        while self.outbox and self._deliver(self.outbox[0]):
+            del self.outbox[0]
+
+    # --- Coming back, and the end ---
+
+    def reconnect(self) -> None:
+        """Retry / Reconnect: connect again now, joining with the same name."""
+        self.retry.stop()
+        self._connect_again()
+
+    def _connect_again(self) -> None:
+        if self.closed:
+            return
+        self.phase = "connecting"
+        self.pending_name = None
+        self.resuming = False
+        self.leaving = False
+        self.server_farewell = None
+        self.quiet = False
+        self.view.set_status(f"Connecting to {self.address}\u2026")
+        self.view.phase_changed()
+        self.connect()
+
+    def cancel_retry(self) -> None:
+        """Cancel: stop reconnecting by itself, ending an attempt under way. Reconnect stays."""
+        if not self.retry.attempt_no:
+            return
+        under_way = not self.retry.waiting and self.phase != "offline"
+        self.retry.stop()
+        if under_way:
+            self.disconnect()  # nothing of that connection reaches us any more
+            self.phase = "offline"
+            self.pending_name = None
+            self.resuming = False
+            self.view.set_status(f"Not connected to {self.address}")
+        self.view.note("Stopped reconnecting. Press Reconnect to try again.")
+        self.view.phase_changed()
+
+    def close(self) -> None:
+        """Say goodbye and close the connection."""
+        if self.closed:
+            return
+        self.closed = True
+        self.retry.stop()
+        if self.phase in ("naming", "chatting"):
+            self.send("@leaves")  # before a name too: the server then says goodbye at once
+        self.disconnect()
 
 
 # --- The connection -------------------------------------------------------
@@ -217,6 +1187,7 @@ class Connection:
     close(linger) closes; from then on nothing of this socket reaches inbox. linger > 0 first
                   waits that long for the server to close its side, so that it reads everything
                   sent (@leaves) and the close is an orderly one.
+    close_soon()  the same with the lingering in a thread: for Tk's thread, which must not wait.
     """
 
     def __init__(self, host: str, port: int, inbox: queue.Queue[InboxItem],
@@ -233,6 +1204,7 @@ class Connection:
         self._session: TlsSession | None = None
         self._thread: threading.Thread | None = None
         self._generation = 0  # which open() the receiver thread belongs to
+        self._closers: list[threading.Thread] = []  # close_soon()'s threads
 
     def open(self) -> None:
         self.close()
@@ -332,10 +1304,35 @@ class Connection:
                 sock.shutdown(socket.SHUT_WR)
 
     def close(self, linger: float = 0.0) -> None:
+        self._hang_up(*self._detach(), linger)
+
+    def close_soon(self, linger: float = LINGER_S) -> None:
+        """close(linger) without waiting: nothing more reaches inbox from now on, and the
+        linger runs in a thread of its own, so that closing the window never blocks Tk's
+        thread on a frozen server. join_closers() waits for those threads."""
+        sock, thread = self._detach()
+        if sock is not None:
+            closer = threading.Thread(target=self._hang_up, args=(sock, thread, linger),
+                                      name="panda-closer", daemon=True)
+            closer.start()
+            self._closers.append(closer)
+
+    def join_closers(self, timeout: float = LINGER_S + 1.0) -> None:
+        deadline = time.monotonic() + timeout
+        for closer in self._closers:
+            closer.join(max(0.0, deadline - time.monotonic()))
+
+    def _detach(self) -> tuple[socket.socket | None, threading.Thread | None]:
+        """Take the socket and its receiver away: nothing of them reaches inbox any more."""
         with self._lock:
             self._generation += 1
             sock, self._sock, self._session = self._sock, None, None
         thread, self._thread = self._thread, None
+        return sock, thread
+
+    @staticmethod
+    def _hang_up(sock: socket.socket | None, thread: threading.Thread | None,
+                 linger: float) -> None:
         if sock is None:
             return  # never connected, or still connecting: that thread closes its own socket
         with contextlib.suppress(OSError):
@@ -349,51 +1346,735 @@ class Connection:
             thread.join(LINGER_S)
 
 
-# --- The window -----------------------------------------------------------
 
-@dataclass
-class _Completion:
-    """Where Tab completion is: repeated Tabs cycle through matches."""
+# --- Widgets: one class per view -----------------------------------------------------------
 
-    start: int            # where the completed word starts in the entry
-    tail: str             # the text after the cursor
-    matches: list[str]
-    index: int
-    result: str = ""      # the entry text after the last completion
-    cursor: int = 0
+class Fonts:
+    """The fonts of a part of the window, all sized from one size in points (so they follow the
+    screen's dpi, and zoom together)."""
+
+    def __init__(self, root: tk.Misc, size: int) -> None:
+        family = tkfont.nametofont("TkDefaultFont").actual("family")
+        mono = tkfont.nametofont("TkFixedFont").actual("family")
+        self.body = tkfont.Font(root, family=family)
+        self.bold = tkfont.Font(root, family=family, weight="bold")
+        self.italic = tkfont.Font(root, family=family, slant="italic")
+        self.small = tkfont.Font(root, family=family)
+        self.title = tkfont.Font(root, family=family, weight="bold")
+        self.mono = tkfont.Font(root, family=mono)
+        self.size = size
+        self.resize(size)
+
+    def resize(self, size: int) -> None:
+        self.size = size
+        for font, step in ((self.body, 0), (self.bold, 0), (self.italic, -1), (self.small, -2),
+                           (self.title, 4), (self.mono, -1)):
+            font.configure(size=max(5, size + step))
+
+    def em(self) -> int:
+        """The width of a digit: the unit Tk measures widths of text widgets in."""
+        return max(1, self.body.measure("0"))
+
+    def line(self) -> int:
+        return max(1, int(self.body.metrics("linespace")))
 
 
-def _nothing() -> None:
-    pass
+class ChatView:
+    """The chat: a read-only Text with a tag per style, a bounded scrollback, and following.
+
+    ChatView(parent, fonts, palette, open_url)
+      append(rendered)  one line; what the network said goes through for_display() first
+      end_batch()       after a tick's lines: trim the scrollback, follow the newest line
+      mark_unread()     the "new since you looked" line, before the next line (one at a time)
+      scroll_to_end(), scroll_pages(n), scrollback_lines(), copy_text(), apply(palette)
+    follow is True while the bottom is in sight: new lines then scroll into view; scrolled up,
+    the view stays and "New messages" (below the chat, never over it) shows. open_url(url) is
+    called for a click on a link.
+    """
+
+    UNREAD_TEXT: ClassVar = "\u2014\u2014\u2014 new since you looked \u2014\u2014\u2014"
+
+    def __init__(self, parent: tk.Misc, fonts: Fonts, palette: Palette,
+                 open_url: Callable[[str], object]) -> None:
+        self.fonts = fonts
+        self.open_url = open_url
+        self.frame = tk.Frame(parent, padx=1, pady=1)
+        self.frame.columnconfigure(0, weight=1)
+        self.frame.rowconfigure(0, weight=1)
+        # height and width are the least it asks for; the window gives it all the room there is.
+        self.text = tk.Text(self.frame, wrap="word", state="disabled", font=fonts.body,
+                            relief="flat", borderwidth=0, highlightthickness=0, padx=10, pady=8,
+                            spacing1=2, spacing3=2, cursor="arrow", takefocus=False,
+                            height=6, width=30)
+        self.text.grid(row=0, column=0, sticky="nsew")
+        self.scrollbar = ttk.Scrollbar(self.frame, orient="vertical", command=self.text.yview)
+        self.scrollbar.grid(row=0, column=1, sticky="ns")
+        self.text.configure(yscrollcommand=self._on_scrolled)
+        self.more_below = tk.Button(self.frame, text="New messages \u2193", font=fonts.small,
+                                    foreground="white", relief="flat", cursor="hand2",
+                                    activeforeground="white", command=self.scroll_to_end,
+                                    takefocus=False)
+        self.follow = True
+        self._height = 0              # the text's height at the last scroll report
+        self._last_line_tags: Tags = ()
+        self._appended = False        # lines came since end_batch()
+        self._configure_tags()
+        self.apply(palette)
+        self.text.tag_bind("link", "<ButtonRelease-1>", self._on_link_click)
+        self.text.tag_bind("link", "<Enter>", lambda _e: self.text.configure(cursor="hand2"))
+        self.text.tag_bind("link", "<Leave>", lambda _e: self.text.configure(cursor="arrow"))
+        self.text.bind("<<Copy>>", self._on_copy)
+
+    def _configure_tags(self) -> None:
+        text, fonts = self.text, self.fonts
+        for tag, font in (("time", fonts.small), ("you", fonts.small), ("system", fonts.italic),
+                          ("welcome", fonts.bold), ("info", fonts.bold), ("alert", fonts.bold),
+                          ("fact_label", fonts.bold), ("command", fonts.small),
+                          ("art", fonts.mono), ("note", fonts.italic), ("whisper", fonts.italic),
+                          ("whisper_label", fonts.small), ("unread", fonts.small)):
+            text.tag_configure(tag, font=font)
+        for index in range(len(NAME_COLOURS)):
+            text.tag_configure(f"name{index}", font=fonts.bold)
+        text.tag_configure("art", spacing1=0, spacing3=0)
+        text.tag_configure("link", underline=True)
+        text.tag_configure("unread", justify="center")
+        self.apply_metrics()
+        # Whole-line marks, set on every piece of the line (and its newline): "history" (said
+        # before we came) and "missed" (said while our connection was down) are shown muted by
+        # "earlier"; "mention" (the line names us) is highlighted, over any other background.
+        for tag in ("mention", "found", "found_current"):
+            text.tag_configure(tag)
+        text.tag_raise("mention")
+        text.tag_raise("found")
+        text.tag_raise("found_current")
+        text.tag_raise("sel")
+
+    def apply_metrics(self) -> None:
+        """Wrapped lines start under the text after the time, whatever the font size or dpi."""
+        indent = self.fonts.small.measure("00:00 ")
+        self.text.tag_configure("line", lmargin2=indent)
+        self.text.tag_configure("art", lmargin1=indent)
+
+    def apply(self, palette: Palette) -> None:
+        text = self.text
+        self.frame.configure(background=palette.border)
+        text.configure(background=palette.paper, foreground=palette.ink,
+                       insertbackground=palette.ink, selectbackground=palette.found_bg,
+                       inactiveselectbackground=palette.found_bg)
+        self.more_below.configure(background=GREEN, activebackground=GREEN_DARK)
+        colours = {"time": (palette.time, ""), "own": ("", palette.own_bg),
+                   "you": (palette.muted, ""), "body": (palette.ink, ""),
+                   "system": (palette.muted, ""), "welcome": (palette.accent, ""),
+                   "info": (palette.accent, ""),
+                   "error": (palette.error, ""), "alert": (palette.alert, ""),
+                   "fact": (palette.fact_fg, palette.fact_bg),
+                   "fact_label": (palette.fact_fg, palette.fact_bg), "help": (palette.help, ""),
+                   "command": (palette.muted, ""), "art": (palette.art, ""),
+                   "note": (palette.alert, ""), "earlier": (palette.muted, ""),
+                   "whisper": (palette.whisper, ""), "whisper_label": (palette.whisper, ""),
+                   "missed_label": (palette.alert, ""), "link": (palette.link, ""),
+                   "mention": ("", palette.mention_bg), "found": ("", palette.found_bg),
+                   "found_current": ("", palette.found_current_bg),
+                   "unread": (palette.alert, "")}
+        for tag, (fg, bg) in colours.items():
+            text.tag_configure(tag, foreground=fg, background=bg)
+        for index, colour in enumerate(palette.names):
+            text.tag_configure(f"name{index}", foreground=colour)
+
+    # --- Adding lines ---
+
+    def append(self, rendered: Rendered) -> None:
+        text = self.text
+        if not self._appended:
+            text.configure(state="normal")  # disabled again in end_batch()
+            self._appended = True
+        if text.index("end-1c") != "1.0":  # the newline ends the previous line, in its style
+            text.insert("end", "\n", self._last_line_tags)
+        self._last_line_tags = rendered.line_tags
+        words: list[object] = []
+        for piece, tags in rendered.pieces:
+            if piece:
+                words += [for_display(piece), (*tags, *rendered.line_tags)]
+        if words:  # one call for the whole line
+            text.tk.call(str(text), "insert", "end", *words)
+
+    def end_batch(self) -> None:
+        """Once per tick, after its lines: keep the scrollback bounded, follow the newest line
+        only when lines came and we follow (so a tick with nothing new never moves the view)."""
+        if not self._appended:
+            return
+        self._appended = False
+        text = self.text
+        lines = self.scrollback_lines()
+        if lines > MAX_SCROLLBACK_LINES:
+            text.delete("1.0", f"{lines - MAX_SCROLLBACK_LINES + 1}.0")
+        text.configure(state="disabled")
+        if self.follow:
+            text.see("end")
+        else:
+            self.more_below.grid(row=1, column=0, columnspan=2, sticky="ew")
+
+    def mark_unread(self) -> None:
+        """Put "new since you looked" at the end, the one before it gone."""
+        ranges = self.text.tag_ranges("unread_line")
+        if ranges:
+            self.text.configure(state="normal")
+            self.text.delete(ranges[0], ranges[-1])
+            if not self._appended:
+                self.text.configure(state="disabled")
+        self.append(Rendered(((self.UNREAD_TEXT, ("unread",)),), ("line", "unread_line")))
+
+    def scrollback_lines(self) -> int:
+        return int(self.text.index("end-1c").split(".")[0])
+
+    # --- Following ---
+
+    def _on_scrolled(self, first: float | str, last: float | str) -> None:
+        """The view moved or changed size. Follow only while the very bottom is in sight (one
+        wheel notch up stops it), except when the view shrank (a banner appeared, the window got
+        smaller) while following: then the newest line is brought back into sight."""
+        self.scrollbar.set(first, last)
+        height = self.text.winfo_height()
+        resized, self._height = height != self._height, height
+        if resized and self.follow and float(last) < 1.0:
+            self.text.see("end")
+            return
+        self.follow = float(last) >= 1.0
+        if self.follow:
+            self.more_below.grid_remove()
+
+    def scroll_to_end(self) -> None:
+        self.follow = True
+        self.text.see("end")
+        self.text.yview_moveto(1.0)
+        self.more_below.grid_remove()
+
+    def scroll_pages(self, pages: int) -> str:
+        self.text.yview_scroll(pages, "pages")
+        return "break"
+
+    # --- Links, copying ---
+
+    def _on_link_click(self, event: tk.Event[tk.Text]) -> None:
+        if self.text.tag_ranges("sel"):
+            return  # the end of a selection, not a click
+        span = self.text.tag_prevrange("link", f"@{event.x},{event.y} + 1c")
+        if span:
+            self.open_url(self.text.get(*span))
+
+    def copy_text(self) -> str:
+        """The selection as it was said: right-to-left runs back in typing order (bidi_display
+        undoes itself; exactly so for whole runs, which is what people select)."""
+        if not self.text.tag_ranges("sel"):
+            return ""
+        shown = self.text.get("sel.first", "sel.last")
+        return "\n".join(bidi_display(line) for line in shown.split("\n"))
+
+    def _on_copy(self, event: object = None) -> str:
+        if copied := self.copy_text():
+            self.text.clipboard_clear()
+            self.text.clipboard_append(copied)
+        return "break"
 
 
-def _not_sent(text: str) -> bool:
-    return False
+class FindBar:
+    """Ctrl+F: find in the chat. Matches are highlighted as one types ("found"), Enter goes to
+    the next, Shift+Enter to the previous ("found_current", scrolled into view), Escape closes.
 
+    FindBar(parent, chat, fonts, on_close)   open(), close(), next(step), highlight(pattern)
+    """
+
+    MAX_MATCHES: ClassVar = 1000  # highlighting more would only slow the typing down
+
+    def __init__(self, parent: tk.Misc, chat: ChatView, fonts: Fonts,
+                 on_close: Callable[[], None]) -> None:
+        self.chat = chat
+        self.on_close = on_close
+        self.frame = tk.Frame(parent, padx=10, pady=4)
+        self.label = tk.Label(self.frame, text="Find:", font=fonts.body)
+        self.label.pack(side="left")
+        self.entry = ttk.Entry(self.frame, font=fonts.body, width=30)
+        self.entry.pack(side="left", padx=(6, 6))
+        self.count = tk.Label(self.frame, text="", font=fonts.small)
+        self.count.pack(side="left")
+        self.close_button = ttk.Button(self.frame, text="Close", command=self.close,
+                                       takefocus=False)
+        self.close_button.pack(side="right")
+        # Highlight as one types: the entry's key validation sees every edit, pasted ones too.
+        self.entry.configure(validate="key",
+                             validatecommand=(self.entry.register(self._on_edit), "%P"))
+        self.entry.bind("<Return>", lambda _e: self.next(1))
+        self.entry.bind("<KP_Enter>", lambda _e: self.next(1))
+        self.entry.bind("<Shift-Return>", lambda _e: self.next(-1))
+        self.entry.bind("<Escape>", lambda _e: self.close())
+        self.matches: list[tuple[str, str]] = []
+        self.current = -1
+        self._pattern = ""
+
+    def apply(self, palette: Palette) -> None:
+        for widget in (self.frame, self.label, self.count):
+            widget.configure(background=palette.panel)
+        self.label.configure(foreground=palette.ink)
+        self.count.configure(foreground=palette.muted)
+
+    def open(self) -> str:
+        self.frame.grid()
+        self.entry.focus_set()
+        self.entry.select_range(0, "end")
+        return "break"
+
+    def close(self) -> str:
+        text = self.chat.text
+        text.tag_remove("found", "1.0", "end")
+        text.tag_remove("found_current", "1.0", "end")
+        self.matches, self.current, self._pattern = [], -1, ""
+        self.count.configure(text="")
+        self.frame.grid_remove()
+        self.on_close()
+        return "break"
+
+    def _on_edit(self, pattern: str) -> bool:
+        self.highlight(pattern)
+        return True  # any text may be searched for
+
+    def highlight(self, pattern: str) -> None:
+        """Mark every match of pattern (any case)."""
+        text = self.chat.text
+        text.tag_remove("found", "1.0", "end")
+        text.tag_remove("found_current", "1.0", "end")
+        self._pattern, self.matches, self.current = pattern, [], -1
+        if pattern:
+            length = tk.IntVar(text)
+            index = "1.0"
+            while len(self.matches) < self.MAX_MATCHES:
+                index = text.search(pattern, index, stopindex="end", nocase=True, count=length)
+                if not index or not length.get():
+                    break
+                end = f"{index} + {length.get()}c"
+                self.matches.append((index, text.index(end)))
+                text.tag_add("found", index, end)
+                index = end
+        self._show_count()
+
+    def next(self, step: int) -> str:
+        """Go to the next (1) or previous (-1) match; from the newest backwards at first."""
+        if self.entry.get() != self._pattern:
+            self.highlight(self.entry.get())
+        if not self.matches:
+            return "break"
+        if self.current < 0:
+            self.current = len(self.matches) - 1 if step < 0 else 0
+        else:
+            self.current = (self.current + step) % len(self.matches)
+        text = self.chat.text
+        text.tag_remove("found_current", "1.0", "end")
+        start, end = self.matches[self.current]
+        text.tag_add("found_current", start, end)
+        text.see(start)
+        self._show_count()
+        return "break"
+
+    def _show_count(self) -> None:
+        if not self._pattern:
+            self.count.configure(text="")
+        elif not self.matches:
+            self.count.configure(text="not found")
+        else:
+            at = f"{self.current + 1} of " if self.current >= 0 else ""
+            self.count.configure(text=f"{at}{len(self.matches)} found")
+
+
+class UserList:
+    """Who is here: a header with the count, the names (yours marked "(you)", keepers with a
+    star, those whose connection dropped greyed "(away)"), and a note once the grove is too big
+    to announce joins and leaves.
+
+    UserList(parent, fonts, palette, on_whisper)
+      show(session)     the list as the session knows it
+      menu              the right-click menu on a name ("Whisper"); issue #11 adds the keeper
+                        actions to it with add_action()
+    A double click on a name, or the menu's Whisper, calls on_whisper(name); never for oneself.
+    The menu opens on a right click, or on open_menu() (the menu key) for the selected name.
+    """
+
+    KEEPER_MARK: ClassVar = "\u2605 "
+
+    def __init__(self, parent: tk.Misc, fonts: Fonts, palette: Palette,
+                 on_whisper: Callable[[str], None]) -> None:
+        self.on_whisper = on_whisper
+        self.palette = palette
+        self.frame = tk.Frame(parent)
+        self.frame.columnconfigure(0, weight=1)
+        self.header = tk.Label(self.frame, text="In the grove", font=fonts.bold, anchor="w")
+        self.header.grid(row=0, column=0, sticky="ew", pady=(0, 4))
+        self.border = tk.Frame(self.frame, padx=1, pady=1)
+        self.border.grid(row=1, column=0, sticky="nsew")
+        self.border.rowconfigure(0, weight=1)
+        self.border.columnconfigure(0, weight=1)
+        self.box = tk.Frame(self.border, padx=6, pady=6)
+        self.box.grid(row=0, column=0, sticky="nsew")
+        self.box.rowconfigure(0, weight=1)
+        self.box.columnconfigure(0, weight=1)
+        # Wide enough for a 20-character name of middling letters ("n") and its "(away)" in this
+        # font (measured, not counted in digits, which letters outgrow); at least 4 rows.
+        wide = fonts.body.measure("n" * MAX_NAME_CHARS + " (away)") + fonts.em()
+        self.listbox = tk.Listbox(self.box, width=math.ceil(wide / fonts.em()), height=4,
+                                  font=fonts.body, activestyle="none", relief="flat",
+                                  borderwidth=0, highlightthickness=0, takefocus=False)
+        self.listbox.grid(row=0, column=0, sticky="nsew")
+        self.frame.rowconfigure(1, weight=1, minsize=fonts.line() * 5)
+        self.quiet_label = tk.Label(self.frame, text="", font=fonts.small, justify="left",
+                                    anchor="w", wraplength=wide)
+        self.quiet_label.grid(row=2, column=0, sticky="ew", pady=(4, 0))
+        self.menu = tk.Menu(self.listbox, tearoff=False)
+        self._menu_name: str | None = None
+        self.add_action("Whisper", self.on_whisper)
+        self.listbox.bind("<Double-Button-1>", self._on_double_click)
+        self.listbox.bind("<Button-3>", self._on_menu)
+        self.listed: list[Member] = []  # the members row by row
+        self._away: set[str] = set()
+        self.apply(palette)
+
+    def add_action(self, label: str, action: Callable[[str], None]) -> None:
+        """A menu entry for the name right-clicked (issue #11: Kick..., Mute, Ban...)."""
+        def on_name() -> None:
+            if self._menu_name is not None:
+                action(self._menu_name)
+
+        self.menu.add_command(label=label, command=on_name)
+
+    def apply(self, palette: Palette) -> None:
+        self.palette = palette
+        for widget in (self.frame, self.header, self.quiet_label):
+            widget.configure(background=palette.panel)
+        self.header.configure(foreground=palette.ink)
+        self.quiet_label.configure(foreground=palette.muted)
+        self.border.configure(background=palette.border)
+        self.box.configure(background=palette.paper)
+        self.listbox.configure(background=palette.paper, foreground=palette.ink,
+                               selectbackground=palette.own_bg)
+        self._recolour()
+
+    def show(self, members: Iterable[Member], me: str | None, away: set[str],
+             quiet: bool) -> None:
+        box = self.listbox
+        box.delete(0, "end")
+        own = name_key(me) if me else None
+        self.listed = sorted(members, key=lambda m: m.name.casefold())
+        self._away = {name_key(m.name) for m in self.listed} & away
+        for member in self.listed:
+            key = name_key(member.name)
+            mark = " (you)" if key == own else " (away)" if key in away else ""
+            keeper = self.KEEPER_MARK if member.keeper else ""
+            box.insert("end", tk_safe(keeper + member.name + mark))
+        self._recolour()
+        count = len(self.listed)
+        self.header.configure(text=f"In the grove \u00b7 {count}" if count else "In the grove")
+        self.quiet_label.configure(
+            text="The grove is big, so joins and leaves are no longer announced: this list is "
+                 "as of the last listing. Press Who's here to refresh it." if quiet else "")
+
+    def _recolour(self) -> None:
+        """Each name in its colour, selected or not (a selected name keeps its colour)."""
+        for row, member in enumerate(self.listed):
+            away = name_key(member.name) in self._away
+            colour = self.palette.muted if away else name_colour(member.name, self.palette)
+            self.listbox.itemconfigure(row, foreground=colour, selectforeground=colour)
+
+    def name_at(self, x: int, y: int) -> str | None:
+        row = self.listbox.index(f"@{x},{y}")  # the nearest row
+        box = self.listbox.bbox(row)
+        inside = box is not None and box[1] <= y < box[1] + box[3]
+        return self.listed[row].name if inside and 0 <= row < len(self.listed) else None
+
+    def _on_double_click(self, event: tk.Event[tk.Listbox]) -> str:
+        if (name := self.name_at(event.x, event.y)) is not None:
+            self.on_whisper(name)
+        return "break"
+
+    def _on_menu(self, event: tk.Event[tk.Listbox]) -> str:
+        self._menu_name = self.name_at(event.x, event.y)
+        if self._menu_name is not None:
+            self.menu.tk_popup(event.x_root, event.y_root)
+        return "break"
+
+    def open_menu(self) -> None:
+        """The menu key: the menu of the selected name (the window binds the key)."""
+        selected = self.listbox.curselection()  # type: ignore[no-untyped-call]
+        if selected:
+            self._menu_name = self.listed[selected[0]].name
+            box = self.listbox.bbox(selected[0])
+            if box:
+                self.menu.tk_popup(self.listbox.winfo_rootx() + box[0],
+                                   self.listbox.winfo_rooty() + box[1] + box[3])
+
+
+class NameForm:
+    """The name form, in the window: asked until the server welcomes a name.
+    NameForm(parent, fonts, on_submit): on_submit(name) for Enter and "Join the grove"."""
+
+    def __init__(self, parent: tk.Misc, fonts: Fonts,
+                 on_submit: Callable[[str], None]) -> None:
+        self.frame = tk.Frame(parent, padx=12, pady=8)
+        self.prompt = tk.Label(self.frame, text="What is your panda name?", font=fonts.bold,
+                               anchor="w")
+        self.prompt.grid(row=0, column=0, columnspan=2, sticky="w", pady=(0, 4))
+        self.entry = ttk.Entry(self.frame, width=28, font=fonts.body)
+        self.entry.grid(row=1, column=0, sticky="w")
+        self.join_button = ttk.Button(self.frame, text="Join the grove", style="Accent.TButton",
+                                      command=lambda: on_submit(self.entry.get()),
+                                      takefocus=False)
+        self.join_button.grid(row=1, column=1, sticky="w", padx=(8, 0))
+        self.error = tk.Label(self.frame, text="", font=fonts.body, anchor="w", justify="left",
+                              wraplength=fonts.em() * 90)
+        self.error.grid(row=2, column=0, columnspan=2, sticky="w", pady=(4, 0))
+        self.on_submit = on_submit
+        self.entry.bind("<Return>", self._on_return)
+
+    def _on_return(self, event: object) -> str:
+        self.on_submit(self.entry.get())
+        return "break"
+
+    def apply(self, palette: Palette) -> None:
+        for widget in (self.frame, self.prompt, self.error):
+            widget.configure(background=palette.panel)
+        self.prompt.configure(foreground=palette.ink)
+        self.error.configure(foreground=palette.error)
+
+    def refused(self, name: str) -> None:
+        """Ask again, the refused name selected to edit."""
+        self.entry.delete(0, "end")
+        self.entry.insert(0, tk_safe(name))
+        self.entry.select_range(0, "end")
+        self.entry.focus_set()
+
+
+class InputBar:
+    """The input line and Send, with the sent lines (Up/Down), Tab completion and the
+    placeholders of characters Tk cannot hold.
+
+    InputBar(parent, fonts, on_submit, names, scroll)
+      on_submit(text) -> bool   Enter / Send with the text to send (placeholders put back);
+                                True: it was taken, the line is cleared and kept in history
+      names()                   the names Tab completes
+      scroll(pages)             PageUp / PageDown
+      get(), put(text)          the text, real characters in and out
+    """
+
+    def __init__(self, parent: tk.Misc, fonts: Fonts, on_submit: Callable[[str], bool],
+                 names: Callable[[], Iterable[str]], scroll: Callable[[int], object]) -> None:
+        self.on_submit, self.names = on_submit, names
+        self.history = InputHistory()
+        self.completer = Completer()
+        self.placeholders = Placeholders()
+        self.frame = tk.Frame(parent, padx=10, pady=8)
+        self.frame.columnconfigure(0, weight=1)
+        self.entry = ttk.Entry(self.frame, font=fonts.body)
+        self.entry.grid(row=0, column=0, sticky="ew")
+        # Never takes the focus: a space typed after a click must go to the input, not press it.
+        self.send_button = ttk.Button(self.frame, text="Send", style="Accent.TButton",
+                                      command=self.submit, takefocus=False)
+        self.send_button.grid(row=0, column=1, padx=(8, 0))
+        entry = self.entry
+        for key in ("<Return>", "<KP_Enter>"):
+            entry.bind(key, self.submit)
+        entry.bind("<Up>", self.history_up)
+        entry.bind("<Down>", self.history_down)
+        entry.bind("<Tab>", self.complete)
+        entry.bind("<Prior>", lambda _e: scroll(-1) and "break")
+        entry.bind("<Next>", lambda _e: scroll(1) and "break")
+
+    def apply(self, palette: Palette) -> None:
+        self.frame.configure(background=palette.panel)
+
+    def get(self) -> str:
+        return self.placeholders.restore(self.entry.get())
+
+    def put(self, text: str, cursor: int | None = None) -> None:
+        self.entry.delete(0, "end")
+        self.entry.insert(0, self.placeholders.learn(text))
+        self.entry.icursor("end" if cursor is None else cursor)
+
+    def submit(self, event: object = None) -> str:
+        text = self.get()
+        if self.on_submit(text):
+            self.entry.delete(0, "end")
+            self.history.add(text)
+        self.entry.focus_set()
+        return "break"
+
+    def history_up(self, event: object = None) -> str:
+        if (text := self.history.up(self.get())) is not None:
+            self.put(text)
+        return "break"
+
+    def history_down(self, event: object = None) -> str:
+        if (text := self.history.down()) is not None:
+            self.put(text)
+        return "break"
+
+    def complete(self, event: object = None) -> str:
+        names = [self.placeholders.learn(name) for name in self.names()]
+        done = self.completer.complete(self.entry.get(), self.entry.index("insert"), names)
+        if done is None:
+            self.entry.bell()
+        else:
+            self.entry.delete(0, "end")
+            self.entry.insert(0, done[0])
+            self.entry.icursor(done[1])
+        return "break"
+
+
+class OfflineBanner:
+    """Why we are not connected, with Retry / Reconnect."""
+
+    def __init__(self, parent: tk.Misc, fonts: Fonts, on_retry: Callable[[], None]) -> None:
+        self.frame = tk.Frame(parent, padx=12, pady=6)
+        self.label = tk.Label(self.frame, text="", font=fonts.body, anchor="w", justify="left",
+                              wraplength=fonts.em() * 75)
+        self.label.pack(side="left", fill="x", expand=True)
+        self.retry_button = ttk.Button(self.frame, text="Retry", style="Accent.TButton",
+                                       command=on_retry, takefocus=False)
+        self.retry_button.pack(side="right")
+
+    def apply(self, palette: Palette) -> None:
+        self.frame.configure(background=palette.offline_bg)
+        self.label.configure(background=palette.offline_bg, foreground=palette.error)
+
+
+class StatusBar:
+    """The bottom line: a coloured dot for the phase, what is going on, the grove's state (issue
+    #11: locked, hushed, slow mode, muted) and, while reconnecting by itself, the countdown and
+    Cancel.
+
+    set_text(text), set_phase(phase), set_states({"locked": "Locked", ...}), show_countdown(text)
+    """
+
+    def __init__(self, parent: tk.Misc, fonts: Fonts, on_cancel: Callable[[], None]) -> None:
+        self.frame = tk.Frame(parent, padx=10, pady=3)
+        self.dot = tk.Label(self.frame, text="\u25cf", font=fonts.small)
+        self.dot.pack(side="left")
+        self.label = tk.Label(self.frame, text="", font=fonts.small, anchor="w")
+        self.label.pack(side="left", fill="x", expand=True)
+        self.cancel_button = ttk.Button(self.frame, text="Cancel", style="Status.TButton",
+                                        command=on_cancel, takefocus=False)
+        self.retry_label = tk.Label(self.frame, text="", font=fonts.small)
+        self.states_label = tk.Label(self.frame, text="", font=fonts.small)
+        self.states: dict[str, str] = {}
+        self._phase: str = "connecting"
+        self.palette = LIGHT
+
+    def apply(self, palette: Palette) -> None:
+        self.palette = palette
+        for widget in (self.frame, self.dot, self.label, self.retry_label, self.states_label):
+            widget.configure(background=palette.status_bg)
+        self.label.configure(foreground=palette.ink)
+        self.retry_label.configure(foreground=palette.alert)
+        self.states_label.configure(foreground=palette.alert)
+        self.set_phase(self._phase)
+
+    def set_text(self, text: str) -> None:
+        self.label.configure(text=for_display(text))
+
+    def set_phase(self, phase: str) -> None:
+        self._phase = phase
+        self.dot.configure(foreground=self.palette.dots[phase])
+
+    def set_states(self, states: Mapping[str, str]) -> None:
+        """The grove's states to show ("locked": "Locked"...); empty hides them."""
+        self.states = dict(states)
+        if states:
+            self.states_label.configure(text=" \u00b7 ".join(states.values()))
+            self.states_label.pack(side="right", padx=(6, 0), before=self.label)
+        else:
+            self.states_label.pack_forget()
+
+    def show_countdown(self, text: str) -> None:
+        if not text:
+            self.retry_label.pack_forget()
+            self.cancel_button.pack_forget()
+            return
+        self.retry_label.configure(text=text)
+        if not self.retry_label.winfo_manager():  # "... in 2 s… [Cancel]" on the right
+            self.cancel_button.pack(side="right", before=self.label)
+            self.retry_label.pack(side="right", padx=(0, 6), before=self.label)
+
+
+class ShortcutList:
+    """F1: the window's keys, in a small window of their own; Escape or Close closes it."""
+
+    def __init__(self, root: tk.Misc, fonts: Fonts, palette: Palette) -> None:
+        self.top = tk.Toplevel(root, padx=16, pady=12, background=palette.panel)
+        self.top.title("Panda Chat \u2014 keys")
+        self.top.transient(root.winfo_toplevel())
+        tk.Label(self.top, text="Keys of the chat window", font=fonts.bold,
+                 background=palette.panel, foreground=palette.ink).grid(
+            row=0, column=0, columnspan=2, sticky="w", pady=(0, 8))
+        for row, (keys, does) in enumerate(SHORTCUTS, start=1):
+            for column, (text, font) in enumerate(((keys, fonts.bold), (does, fonts.body))):
+                tk.Label(self.top, text=text, font=font, background=palette.panel,
+                         foreground=palette.ink, anchor="w").grid(
+                    row=row, column=column, sticky="w", padx=(0, 12), pady=1)
+        ttk.Button(self.top, text="Close", command=self.close).grid(
+            row=len(SHORTCUTS) + 1, column=1, sticky="e", pady=(10, 0))
+        self.top.bind("<Escape>", lambda _e: self.close())
+        self.top.protocol("WM_DELETE_WINDOW", self.close)
+        self.top.focus_set()
+
+    def text(self) -> str:
+        return "\n".join(str(w.cget("text")) for w in self.top.winfo_children()
+                         if isinstance(w, tk.Label))
+
+    def close(self) -> None:
+        with contextlib.suppress(tk.TclError):
+            self.top.destroy()
+
+    def exists(self) -> bool:
+        try:
+            return bool(self.top.winfo_exists())
+        except tk.TclError:
+            return False
+
+
+def draw_panda(parent: tk.Misc, background: str, scale: float) -> tk.Canvas:
+    """A little panda face, sized for the screen's dpi."""
+    def s(*xs: float) -> list[float]:
+        return [x * scale for x in xs]
+
+    face = tk.Canvas(parent, width=34 * scale, height=30 * scale, background=background,
+                     highlightthickness=0)
+    face.create_oval(*s(2, 2, 12, 12), fill="black", outline="")      # ears
+    face.create_oval(*s(22, 2, 32, 12), fill="black", outline="")
+    face.create_oval(*s(4, 5, 30, 29), fill="white", outline="")      # face
+    face.create_oval(*s(9, 12, 16, 20), fill="black", outline="")     # eye patches
+    face.create_oval(*s(18, 12, 25, 20), fill="black", outline="")
+    face.create_oval(*s(15, 21, 19, 24), fill="black", outline="")    # nose
+    return face
+
+
+# --- ChatWindow: the coordinator -----------------------------------------------------------
 
 class ChatWindow:
-    """The chat window, on Tk's thread.
+    """The chat window, on Tk's thread: builds the views, wires them to a Session, and polls
+    the inbox. It is the Session's view (SessionView).
 
     ChatWindow(root, inbox, send=..., connect=..., disconnect=..., address=..., name=...)
       inbox         the queue the Connection's receiver thread fills; poll() drains it
       send(text)    writes a line to the server; returns False when it could not
       connect()     (re)opens the connection; what happens next arrives in inbox
-      disconnect()  closes the connection (after @leaves, when closing, on Cancel)
+      disconnect()  closes the connection (after @leaves when closing; on Cancel); must not block
       address       (host, port), for the status bar
       name          join with this name at once instead of asking for one
       secure        the connection uses TLS (shown in the header)
-      bell          ring root.bell() for each mention while the window has no focus
-                    (False: --quiet; the title still counts them)
-      retry_delays  the waits before each automatic reconnection, the last one repeating
-                    (RETRY_DELAYS_S; empty: never by itself)
-    Tests drive the methods directly: poll(), submit_name(), on_send(), send_command(),
-    history_up(), history_down(), complete(), show_line(), note(), set_users(), whisper_to(),
-    reconnect(), cancel_retry(), close(). Tk's main loop calls them in the real thing.
+      bell          ring for a mention or whisper while the window has no focus (False: --quiet)
+      retry_delays  the waits before each automatic reconnection (empty: never by itself)
+      settings      a Settings (default: the user's settings file)
+      notify_command  a desktop notifier such as notify-send (None: the bell and the title)
+      spawn, open_url, ask_save_path, prefers_dark   seams for the notifier's process, opening
+                    a link, the Save dialog and the desktop's theme
+    The parts: session (Session), chat_view (ChatView), find_bar, user_list, name_form, input
+    (InputBar), banner (OfflineBanner), status_bar, command_buttons, notifier.
     has_focus() says whether the person is looking; a test may override it.
-
-    phase is "connecting", "naming" (connected, no name accepted yet), "chatting" or "offline".
-    A connection lost while chatting (not after @leaves) is tried again by itself, resuming
-    with the server's resume code when there is one; retry_attempt counts the attempts.
     """
 
     def __init__(self, root: tk.Tk, inbox: queue.Queue[InboxItem],
@@ -402,761 +2083,405 @@ class ChatWindow:
                  disconnect: Callable[[], None] = _nothing,
                  address: tuple[str, int] = (DEFAULT_HOST, DEFAULT_PORT),
                  name: str | None = None, secure: bool = False, bell: bool = True,
-                 retry_delays: Sequence[float] = RETRY_DELAYS_S) -> None:
+                 retry_delays: Sequence[float] = RETRY_DELAYS_S,
+                 settings: Settings | None = None, notify_command: str | None = None,
+                 spawn: Callable[..., Any] = subprocess.Popen,
+                 open_url: Callable[[str], object] = webbrowser.open,
+                 ask_save_path: Callable[[], str] | None = None,
+                 prefers_dark: Callable[[], bool] = system_prefers_dark) -> None:
         self.root = root
         self.inbox = inbox
-        self.send = send
-        self.connect = connect
-        self.disconnect = disconnect
         self.address = f"{address[0]}:{address[1]}"
-        self.secure = secure  # TLS: shown in the header
-        self.bell = bell
-        self.retry_delays = tuple(retry_delays)
-        self.phase: Phase = "connecting"
-        self.name: str | None = None          # the accepted name, while chatting
-        self.wanted_name = name               # the name to join with on (re)connect
-        self.pending_name: str | None = None  # sent, waiting for welcome or error
-        self.resume_code: str | None = None   # from the server, to come back after a drop
-        self.resuming = False                 # sent @resume, waiting for welcome or error
-        self.asking_name = name is None       # the name form is shown
-        self.ever_connected = False
-        self.leaving = False                  # we said @leaves; the close is expected
-        self.server_farewell: str | None = None  # the shutdown / full / bye line
-        self.users: dict[str, str] = {}       # name_key -> name
-        self.away: set[str] = set()           # name_keys whose connection dropped
-        self.quiet = False
-        self.history: list[str] = []
-        self.history_pos: int | None = None
-        self.draft = ""
-        self._completion: _Completion | None = None
-        self.follow = True                    # autoscroll: the view is at the bottom
-        self._in_batch = False
-        self._last_line_tags: tuple[str, ...] = ()
-        self.closed = False
+        self.secure = secure
+        self.settings = settings if settings is not None else Settings()
+        self.prefers_dark = prefers_dark
+        self.ask_save_path = ask_save_path or self._ask_save_path
+        self.palette = self._chosen_palette()
+        self.notifier = Notifier(root.bell, notify_command, spawn=spawn, ring=bell)
+        self.session = Session(self, send=send, connect=connect, disconnect=disconnect,
+                               address=self.address, name=name, after=root.after,
+                               after_cancel=root.after_cancel, retry_delays=retry_delays)
+        self.unread_mentions = 0              # mentions and whispers not yet seen
         self.lines_shown = 0                  # lines received and shown, all time
-        self._mention: re.Pattern[str] | None = None  # finds our name, once we have one
-        self.unread_mentions = 0              # mentions since the window last had the focus
-        self.retry_attempt = 0                # the automatic attempt under way or next; 0: none
-        self.retry_id: str | None = None      # the countdown's after-id, while waiting
-        self._retry_at = 0.0                  # when the next attempt starts (monotonic)
-        self._listed: list[str] = []          # the user list's names, row by row
-        # How responsive the loop is (the flood test reads these): the longest time between two
-        # poll ticks, by the clock and in CPU time of Tk's thread (which leaves out the time the
-        # machine gave to other processes).
+        self.transcript: deque[str] = deque(maxlen=MAX_SCROLLBACK_LINES)  # for Save
+        self._unread_marked = False           # "new since you looked" placed this time away
+        self.shortcuts: ShortcutList | None = None
+        # How responsive the loop is (the flood test reads these): the longest time between
+        # two poll ticks, by the clock and in CPU time of Tk's thread (which leaves out the time
+        # the machine gave to other processes).
         self.ticks = 0
         self.last_tick: tuple[float, float] | None = None  # (monotonic, thread_time)
         self.max_tick_gap = 0.0
         self.max_tick_cpu = 0.0
-        self.create_widgets()
+        self.create_widgets(open_url)
+        self.apply_palette(self.palette)
         self.root.protocol("WM_DELETE_WINDOW", self.on_close)
         # Every widget's events pass through its toplevel's bindings: this sees the window (or
         # anything in it) get the focus.
         self.root.bind("<FocusIn>", self._on_focus_in, add="+")
-        self._update_view()
-        if self.asking_name:
-            self.name_entry.focus_set()  # the name can be typed while connecting
+        self.phase_changed()
+        if self.session.asking_name:
+            self.name_form.entry.focus_set()  # the name can be typed while connecting
+        else:
+            self.input.entry.focus_set()
+        if self.settings.warning:
+            self.note(self.settings.warning)
         self.poll_id: str | None = self.root.after(POLL_MS, self.poll)
-        self.reconnect()
+        self.session.start()
 
-    # --- Widgets ---
+    # --- Building ---
 
-    def create_widgets(self) -> None:
+    def create_widgets(self, open_url: Callable[[str], object]) -> None:
         root = self.root
         root.title("Panda Chat")
-        root.geometry("860x560")
-        root.minsize(560, 360)
-        root.configure(background=PANEL)
-        base = tkfont.nametofont("TkDefaultFont")
-        family = base.actual("family")
-        mono = tkfont.nametofont("TkFixedFont").actual("family")
-        self.font_body = tkfont.Font(root, family=family, size=11)
-        self.font_bold = tkfont.Font(root, family=family, size=11, weight="bold")
-        self.font_italic = tkfont.Font(root, family=family, size=10, slant="italic")
-        self.font_small = tkfont.Font(root, family=family, size=9)
-        self.font_title = tkfont.Font(root, family=family, size=15, weight="bold")
-        self.font_mono = tkfont.Font(root, family=mono, size=10)
-
-        style = ttk.Style(root)
-        if "clam" in style.theme_names():
-            style.theme_use("clam")
-        style.configure("TButton", padding=(10, 4), font=self.font_body)
-        style.configure("Accent.TButton", background=GREEN, foreground="white",
-                        bordercolor=GREEN_DARK, font=self.font_bold)
-        style.map("Accent.TButton", background=[("disabled", "#9cbf9e"), ("active", GREEN_DARK)])
-        style.configure("TEntry", padding=(6, 5))
-        style.configure("Side.TButton", padding=(8, 3), font=self.font_body, anchor="w")
-
+        self.ui_fonts = Fonts(root, FONT_SIZE)
+        self.chat_fonts = Fonts(root, self.settings.font_size)
+        self.style = ttk.Style(root)
+        if "clam" in self.style.theme_names():
+            self.style.theme_use("clam")
         root.columnconfigure(0, weight=1)
         root.rowconfigure(1, weight=1)
+        self._create_header()
+        self._create_menus()
 
-        # The header: a little panda face, the title, where we are connected.
-        header = tk.Frame(root, background=GREEN, padx=12, pady=8)
-        header.grid(row=0, column=0, sticky="ew")
-        face = tk.Canvas(header, width=34, height=30, background=GREEN, highlightthickness=0)
-        face.create_oval(2, 2, 12, 12, fill="black", outline="")      # ears
-        face.create_oval(22, 2, 32, 12, fill="black", outline="")
-        face.create_oval(4, 5, 30, 29, fill="white", outline="")      # face
-        face.create_oval(9, 12, 16, 20, fill="black", outline="")     # eye patches
-        face.create_oval(18, 12, 25, 20, fill="black", outline="")
-        face.create_oval(15, 21, 19, 24, fill="black", outline="")    # nose
-        face.pack(side="left")
-        tk.Label(header, text="Panda Chat", font=self.font_title, background=GREEN,
-                 foreground="white").pack(side="left", padx=(8, 0))
-        where = f"{self.address} \u00b7 TLS" if self.secure else self.address
-        self.header_info = tk.Label(header, text=tk_safe(where), font=self.font_body,
-                                    background=GREEN, foreground="#dcedc8")
-        self.header_info.pack(side="right")
-
-        body = tk.Frame(root, background=PANEL)
+        body = self.body = tk.Frame(root)
         body.grid(row=1, column=0, sticky="nsew")
         body.columnconfigure(0, weight=1)
         body.rowconfigure(0, weight=1)
+        self.chat_view = ChatView(body, self.chat_fonts, self.palette, open_url)
+        self.chat_view.frame.grid(row=0, column=0, sticky="nsew", padx=(10, 6), pady=(10, 6))
+        # Clicking or selecting in the chat gives the keyboard back to the input at once.
+        self.chat_view.text.bind("<ButtonRelease-1>", lambda _e: self._focus_input(), add="+")
 
-        # The chat view.
-        chat_box = tk.Frame(body, background="#d5dbd2", padx=1, pady=1)
-        chat_box.grid(row=0, column=0, sticky="nsew", padx=(10, 6), pady=(10, 6))
-        chat_box.columnconfigure(0, weight=1)
-        chat_box.rowconfigure(0, weight=1)
-        self.chat = tk.Text(chat_box, wrap="word", state="disabled", font=self.font_body,
-                            background=PAPER, foreground=INK, relief="flat", borderwidth=0,
-                            highlightthickness=0, padx=10, pady=8, spacing1=2, spacing3=2,
-                            cursor="arrow", takefocus=False)
-        self.chat.grid(row=0, column=0, sticky="nsew")
-        scrollbar = ttk.Scrollbar(chat_box, orient="vertical", command=self.chat.yview)
-        scrollbar.grid(row=0, column=1, sticky="ns")
-        self.scrollbar = scrollbar
-        self.chat.configure(yscrollcommand=self._on_chat_scrolled)
-        self._configure_tags()
-        self.more_below = tk.Button(chat_box, text="New messages \u2193", font=self.font_small,
-                                    background=GREEN, foreground="white", relief="flat",
-                                    activebackground=GREEN_DARK, activeforeground="white",
-                                    command=self.scroll_to_end, cursor="hand2")
-
-        # The side panel: who is here, and the command buttons.
-        side = tk.Frame(body, background=PANEL, width=200)
+        side = self.side = tk.Frame(body)
         side.grid(row=0, column=1, sticky="ns", padx=(0, 10), pady=(10, 6))
-        side.rowconfigure(1, weight=1)
-        self.user_header = tk.Label(side, text="In the grove", font=self.font_bold,
-                                    background=PANEL, foreground=INK, anchor="w")
-        self.user_header.grid(row=0, column=0, sticky="ew", pady=(0, 4))
-        list_border = tk.Frame(side, background="#d5dbd2", padx=1, pady=1)
-        list_border.grid(row=1, column=0, sticky="nsew")
-        list_border.rowconfigure(0, weight=1)
-        list_box = tk.Frame(list_border, background=PAPER, padx=6, pady=6)
-        list_box.grid(row=0, column=0, sticky="nsew")
-        list_box.rowconfigure(0, weight=1)
-        self.user_list = tk.Listbox(list_box, width=20, font=self.font_body, activestyle="none",
-                                    relief="flat", borderwidth=0, highlightthickness=0,
-                                    background=PAPER, selectbackground=OWN_BG,
-                                    selectforeground=INK, takefocus=False)
-        self.user_list.grid(row=0, column=0, sticky="nsew")
-        self.user_list.bind("<Double-Button-1>", self._on_user_double_click)
-        self.quiet_label = tk.Label(side, text="", font=self.font_small, background=PANEL,
-                                    foreground=MUTED, wraplength=180, justify="left", anchor="w")
-        self.quiet_label.grid(row=2, column=0, sticky="ew", pady=(4, 0))
-        buttons = tk.Frame(side, background=PANEL)
-        buttons.grid(row=3, column=0, sticky="ew", pady=(8, 0))
-        buttons.columnconfigure(0, weight=1)
+        side.rowconfigure(0, weight=1)
+        self.user_list = UserList(side, self.ui_fonts, self.palette, self.whisper_to)
+        self.user_list.frame.grid(row=0, column=0, sticky="nsew")
+        self.buttons = tk.Frame(side)
+        self.buttons.grid(row=1, column=0, sticky="ew", pady=(8, 0))
+        self.buttons.columnconfigure(0, weight=1)
         self.command_buttons: dict[str, ttk.Button] = {}
         for row, (command, label) in enumerate(COMMAND_BUTTONS):
-            button = ttk.Button(buttons, text=f"{label}  ({command})", style="Side.TButton",
-                                command=functools.partial(self.send_command, command))
+            button = ttk.Button(self.buttons, text=f"{label}  ({command})", style="Side.TButton",
+                                command=functools.partial(self.send_command, command),
+                                takefocus=False)
             button.grid(row=row, column=0, sticky="ew", pady=2)
             self.command_buttons[command] = button
 
-        # The offline banner: why we are not connected, and Retry / Reconnect.
-        self.offline_frame = tk.Frame(root, background=OFFLINE_BG, padx=12, pady=6)
-        self.offline_label = tk.Label(self.offline_frame, text="", font=self.font_body,
-                                      background=OFFLINE_BG, foreground=ERROR_FG, anchor="w",
-                                      justify="left", wraplength=640)
-        self.offline_label.pack(side="left", fill="x", expand=True)
-        self.retry_button = ttk.Button(self.offline_frame, text="Retry", style="Accent.TButton",
-                                       command=self.reconnect)
-        self.retry_button.pack(side="right")
+        self.banner = OfflineBanner(root, self.ui_fonts, self.session.reconnect)
+        self.name_form = NameForm(root, self.ui_fonts, self.session.submit_name)
+        self.find_bar = FindBar(root, self.chat_view, self.ui_fonts, self._focus_input)
+        self.find_bar.frame.grid(row=4, column=0, sticky="ew")
+        self.find_bar.frame.grid_remove()
+        self.input = InputBar(root, self.ui_fonts, self.session.submit, self._completable_names,
+                              self.chat_view.scroll_pages)
+        self.input.entry.bind("<<Copy>>", self._copy_from_chat)
+        self.status_bar = StatusBar(root, self.ui_fonts, self.session.cancel_retry)
+        self.status_bar.frame.grid(row=6, column=0, sticky="ew")
+        self._bind_keys()
+        self._size_window()
 
-        # The name form, in the window: asked until the server welcomes a name.
-        self.name_frame = tk.Frame(root, background=PANEL, padx=12, pady=8)
-        self.name_prompt = tk.Label(self.name_frame, text="What is your panda name?",
-                                    font=self.font_bold, background=PANEL, foreground=INK,
-                                    anchor="w")
-        self.name_prompt.grid(row=0, column=0, columnspan=2, sticky="w", pady=(0, 4))
-        self.name_entry = ttk.Entry(self.name_frame, width=28, font=self.font_body)
-        self.name_entry.grid(row=1, column=0, sticky="w")
-        self.join_button = ttk.Button(self.name_frame, text="Join the grove",
-                                      style="Accent.TButton", command=self.submit_name)
-        self.join_button.grid(row=1, column=1, sticky="w", padx=(8, 0))
-        self.name_error = tk.Label(self.name_frame, text="", font=self.font_body, anchor="w",
-                                   background=PANEL, foreground=ERROR_FG, justify="left",
-                                   wraplength=760)
-        self.name_error.grid(row=2, column=0, columnspan=2, sticky="w", pady=(4, 0))
-        self.name_entry.bind("<Return>", self.submit_name)
+    def _create_header(self) -> None:
+        header = self.header = tk.Frame(self.root, background=GREEN, padx=12, pady=8)
+        header.grid(row=0, column=0, sticky="ew")
+        # Drawn in pixels at 96 dpi: scaled as Tk scales fonts (its pixels per point).
+        scale = max(1.0, float(self.root.tk.call("tk", "scaling")) * 72 / 96)
+        draw_panda(header, GREEN, scale).pack(side="left")
+        tk.Label(header, text="Panda Chat", font=self.ui_fonts.title, background=GREEN,
+                 foreground="white").pack(side="left", padx=(8, 0))
+        where = f"{self.address} \u00b7 TLS" if self.secure else self.address
+        self.header_info = tk.Label(header, text=tk_safe(where), font=self.ui_fonts.body,
+                                    background=GREEN, foreground=HEADER_INFO_FG)
+        self.header_info.pack(side="right")
 
-        # The input line.
-        self.input_frame = tk.Frame(root, background=PANEL, padx=10, pady=8)
-        self.input_frame.columnconfigure(0, weight=1)
-        self.entry = ttk.Entry(self.input_frame, font=self.font_body)
-        self.entry.grid(row=0, column=0, sticky="ew")
-        self.send_button = ttk.Button(self.input_frame, text="Send", style="Accent.TButton",
-                                      command=self.on_send)
-        self.send_button.grid(row=0, column=1, padx=(8, 0))
-        self.entry.bind("<Return>", self.on_send)
-        self.entry.bind("<KP_Enter>", self.on_send)
-        self.entry.bind("<Up>", self.history_up)
-        self.entry.bind("<Down>", self.history_down)
-        self.entry.bind("<Tab>", self.complete)
-        self.entry.bind("<Prior>", lambda _e: self._scroll_pages(-1))
-        self.entry.bind("<Next>", lambda _e: self._scroll_pages(1))
+    def _create_menus(self) -> None:
+        """Chat, View and Help menus; issue #11's "Grove" menu goes between View and Help."""
+        menubar = self.menubar = tk.Menu(self.root)
+        chat = tk.Menu(menubar, tearoff=False)
+        chat.add_command(label="Find\u2026", accelerator="Ctrl+F", command=self.open_find)
+        chat.add_command(label="Save chat\u2026", accelerator="Ctrl+S", command=self.save_chat)
+        chat.add_separator()
+        chat.add_command(label="Close", command=self.on_close)
+        menubar.add_cascade(label="Chat", menu=chat)
+        view = tk.Menu(menubar, tearoff=False)
+        view.add_command(label="Zoom in", accelerator="Ctrl++", command=lambda: self.zoom(1))
+        view.add_command(label="Zoom out", accelerator="Ctrl+-", command=lambda: self.zoom(-1))
+        view.add_command(label="Normal size", accelerator="Ctrl+0", command=lambda: self.zoom(0))
+        view.add_separator()
+        # A Tcl variable by name, not a tk.StringVar: that one's __del__ calls Tk, from whichever
+        # thread the garbage collector happens to run in.
+        self.theme_variable = f"panda_theme_{id(self)}"
+        self.root.setvar(self.theme_variable, self.settings.theme)
+        for value, label in (("system", "Theme of the system"), ("light", "Light theme"),
+                             ("dark", "Dark theme")):
+            view.add_radiobutton(label=label, value=value,
+                                 variable=self.theme_variable,  # type: ignore[arg-type]
+                                 command=lambda: self.set_theme(
+                                     str(self.root.getvar(self.theme_variable))))
+        menubar.add_cascade(label="View", menu=view)
+        helps = tk.Menu(menubar, tearoff=False)
+        helps.add_command(label="Keyboard shortcuts", accelerator="F1",
+                          command=self.show_shortcuts)
+        menubar.add_cascade(label="Help", menu=helps)
+        self.root.configure(menu=menubar)
 
-        # The status bar.
-        status = tk.Frame(root, background="#e3e9e0", padx=10, pady=3)
-        status.grid(row=5, column=0, sticky="ew")
-        self.status_dot = tk.Label(status, text="\u25cf", font=self.font_small,
-                                   background="#e3e9e0", foreground=STATUS_DOTS["connecting"])
-        self.status_dot.pack(side="left")
-        self.status = tk.Label(status, text="", font=self.font_small, background="#e3e9e0",
-                               foreground=INK, anchor="w")
-        self.status.pack(side="left", fill="x", expand=True)
-        # While reconnecting by itself: when the next attempt comes, and Cancel. Packed (on the
-        # right, before the status text takes the rest) only then.
-        style.configure("Status.TButton", padding=(6, 0), font=self.font_small)
-        self.retry_label = tk.Label(status, text="", font=self.font_small, background="#e3e9e0",
-                                    foreground=ALERT_FG)
-        self.cancel_button = ttk.Button(status, text="Cancel", style="Status.TButton",
-                                        command=self.cancel_retry)
+    def _bind_keys(self) -> None:
+        """The window's keys, wherever the focus is in it (the toplevel's bindings)."""
+        root = self.root
+        for keys, action in (
+                (("<Control-f>", "<Control-F>"), self.open_find),
+                (("<Control-s>", "<Control-S>"), self.save_chat),
+                (("<Control-plus>", "<Control-equal>", "<Control-KP_Add>"),
+                 lambda: self.zoom(1)),
+                (("<Control-minus>", "<Control-KP_Subtract>"), lambda: self.zoom(-1)),
+                (("<Control-0>", "<Control-KP_0>"), lambda: self.zoom(0)),
+                (("<F1>",), self.show_shortcuts),
+                (("<Key-Menu>", "<Shift-F10>"), self.user_list.open_menu)):
+            for key in keys:
+                root.bind(key, functools.partial(self._on_key, action))
 
-    def _configure_tags(self) -> None:
-        chat = self.chat
-        chat.tag_configure("time", foreground="#9aa5b1", font=self.font_small)
-        chat.tag_configure("line", lmargin2=54)  # wrapped lines align after the time
-        chat.tag_configure("own", background=OWN_BG)
-        chat.tag_configure("you", foreground=MUTED, font=self.font_small)
-        chat.tag_configure("body", foreground=INK)
-        chat.tag_configure("system", foreground=MUTED, font=self.font_italic)
-        chat.tag_configure("welcome", foreground=GREEN, font=self.font_bold)
-        chat.tag_configure("info", foreground=GREEN, font=self.font_bold)
-        chat.tag_configure("error", foreground=ERROR_FG)
-        chat.tag_configure("alert", foreground=ALERT_FG, font=self.font_bold)
-        chat.tag_configure("fact", foreground=FACT_FG, background=FACT_BG)
-        chat.tag_configure("fact_label", foreground=FACT_FG, background=FACT_BG,
-                           font=self.font_bold)
-        chat.tag_configure("help", foreground=HELP_FG)
-        chat.tag_configure("command", foreground=MUTED, font=self.font_small)
-        chat.tag_configure("art", foreground="#374151", font=self.font_mono, spacing1=0,
-                           spacing3=0, lmargin1=54)
-        chat.tag_configure("note", foreground=ALERT_FG, font=self.font_italic)
-        chat.tag_configure("earlier", foreground=MUTED)
-        chat.tag_configure("whisper", foreground=WHISPER_FG, font=self.font_italic)
-        chat.tag_configure("whisper_label", foreground=WHISPER_FG, font=self.font_small)
-        chat.tag_configure("missed_label", foreground=ALERT_FG)
-        for index, colour in enumerate(NAME_COLOURS):
-            chat.tag_configure(f"name{index}", foreground=colour, font=self.font_bold)
-        # Whole-line marks, set on every piece of the line (and its newline): "history" (said
-        # before we came) and "missed" (said while our connection was down) are shown muted by
-        # "earlier"; "mention" (the line names us) is highlighted, over any other background.
-        chat.tag_configure("mention", background=MENTION_BG)
+    @staticmethod
+    def _on_key(action: Callable[[], object], event: object) -> str:
+        action()
+        return "break"
 
-    def _update_view(self) -> None:
-        """Show and enable the parts of the window that fit the phase."""
-        rows = ((self.offline_frame, 2, self.phase == "offline"),
-                (self.name_frame, 3, self.asking_name),
-                (self.input_frame, 4, not self.asking_name))
-        for frame, row, shown in rows:
-            if shown:
-                frame.grid(row=row, column=0, sticky="ew")
-            else:
-                frame.grid_remove()
-        chatting = self.phase == "chatting"
-        for widget in (self.entry, self.send_button, *self.command_buttons.values()):
-            widget.state(["!disabled"] if chatting else ["disabled"])
-        waiting = self.pending_name is not None
-        self.join_button.state(["disabled"] if waiting else ["!disabled"])
-        self.retry_button.configure(text="Reconnect" if self.ever_connected else "Retry")
-        self.status_dot.configure(foreground=STATUS_DOTS[self.phase])
-        self._update_title()
+    def _size_window(self) -> None:
+        """Size from the fonts, not in pixels: the same look at any dpi. The least size is what
+        the parts ask for (the chat 6 lines, the user list 4 names)."""
+        em, line = self.ui_fonts.em(), self.ui_fonts.line()
+        self.root.geometry(f"{em * 108}x{line * 31}")
+        self.root.update_idletasks()
+        self.root.minsize(max(em * 70, self.root.winfo_reqwidth()),
+                          max(line * 20, self.root.winfo_reqheight()))
 
-    def _update_title(self) -> None:
-        """"Panda Chat — Alice", with "(2) " before it for mentions not yet seen."""
-        title = f"Panda Chat \u2014 {self.name}" if self.name else "Panda Chat"
-        if self.unread_mentions:
-            title = f"({self.unread_mentions}) {title}"
-        self.root.title(tk_safe(title))
+    # --- Looks ---
 
-    def set_status(self, text: str) -> None:
-        self.status.configure(text=tk_safe(text))
+    def _chosen_palette(self) -> Palette:
+        theme = self.settings.theme
+        if theme == "system":
+            theme = "dark" if self.prefers_dark() else "light"
+        return THEMES[theme]
+
+    def set_theme(self, theme: str) -> None:
+        """The View menu: "system", "light" or "dark"; remembered."""
+        self.settings.theme = theme
+        self.settings.save()
+        self.root.setvar(self.theme_variable, theme)
+        self.apply_palette(self._chosen_palette())
+
+    def apply_palette(self, palette: Palette) -> None:
+        self.palette = palette
+        self.root.configure(background=palette.panel)
+        for menu in (self.menubar, *self.menubar.winfo_children()):
+            if isinstance(menu, tk.Menu):
+                menu.configure(background=palette.panel, foreground=palette.ink,
+                               activebackground=palette.border, activeforeground=palette.ink)
+        for frame in (self.body, self.side, self.buttons):
+            frame.configure(background=palette.panel)
+        for part in (self.chat_view, self.user_list, self.name_form, self.input, self.banner,
+                     self.status_bar, self.find_bar):
+            part.apply(palette)
+        style, fonts = self.style, self.ui_fonts
+        style.configure("TButton", padding=(10, 4), font=fonts.body, background=palette.panel,
+                        foreground=palette.ink)
+        style.map("TButton", background=[("active", palette.border)])
+        style.configure("Accent.TButton", background=GREEN, foreground="white",
+                        bordercolor=GREEN_DARK, font=fonts.bold)
+        style.map("Accent.TButton", background=[("disabled", "#9cbf9e"), ("active", GREEN_DARK)])
+        style.configure("TEntry", padding=(6, 5), fieldbackground=palette.paper,
+                        foreground=palette.ink, insertcolor=palette.ink)
+        style.configure("Side.TButton", padding=(8, 3), font=fonts.body, anchor="w")
+        style.configure("Status.TButton", padding=(6, 0), font=fonts.small)
+        style.configure("Vertical.TScrollbar", background=palette.panel,
+                        troughcolor=palette.paper)
+
+    def zoom(self, step: int) -> None:
+        """Ctrl+plus (1), Ctrl+minus (-1), Ctrl+0 (0: back to normal); remembered."""
+        size = FONT_SIZE if step == 0 else self.chat_fonts.size + step
+        if size not in FONT_SIZES:
+            return
+        self.chat_fonts.resize(size)
+        self.chat_view.apply_metrics()
+        self.settings.font_size = size
+        self.settings.save()
 
     # --- The poll: the only way received lines reach the widgets ---
 
     def poll(self) -> None:
-        """Handle up to POLL_BATCH items from inbox, then come back: soon while more wait."""
+        """Handle what inbox holds, within a budget of time and characters, then come back:
+        at once while more waits."""
+        self._measure_tick()
+        started, chars, more = time.perf_counter(), 0, False
+        try:
+            while not self.session.closed:
+                try:
+                    item = self.inbox.get_nowait()
+                except queue.Empty:
+                    break
+                self.handle(item)
+                chars += len(item.text) if isinstance(item, Message) else 0
+                if chars >= POLL_BUDGET_CHARS or time.perf_counter() - started >= POLL_BUDGET_S:
+                    more = True
+                    break
+        finally:
+            self.chat_view.end_batch()
+            if not self.session.closed:
+                self.poll_id = self.root.after(BACKLOG_POLL_MS if more else POLL_MS, self.poll)
+
+    def _measure_tick(self) -> None:
         now = (time.monotonic(), time.thread_time())
         if self.last_tick is not None:
             self.max_tick_gap = max(self.max_tick_gap, now[0] - self.last_tick[0])
             self.max_tick_cpu = max(self.max_tick_cpu, now[1] - self.last_tick[1])
         self.last_tick = now
         self.ticks += 1
-        handled = 0
-        self._in_batch = True
-        try:
-            while handled < POLL_BATCH:
-                try:
-                    item = self.inbox.get_nowait()
-                except queue.Empty:
-                    break
-                handled += 1
-                self.handle(item)
-        finally:
-            self._in_batch = False
-            self._after_append()
-            if not self.closed:
-                delay = BACKLOG_POLL_MS if handled == POLL_BATCH else POLL_MS
-                self.poll_id = self.root.after(delay, self.poll)
 
     def handle(self, item: InboxItem) -> None:
         if isinstance(item, ConnectionEvent):
-            self.on_connection_event(item)
+            self.session.on_event(item)
         else:
-            self.on_message(item)
+            self.session.on_message(item)
 
-    def on_connection_event(self, event: ConnectionEvent) -> None:
-        if event.state == "connected":
-            self.phase = "naming"
-            self.ever_connected = True
-            self.set_status(f"Connected to {self.address}; choose a panda name")
-            if self.wanted_name is not None and self.resume_code is not None:
-                # Come back as the same panda without missing a line; on an error, the name.
-                self.resuming = self.send(f"@resume {self.resume_code}")
-                self.pending_name = self.wanted_name
-                self.set_status(f"Connected to {self.address}; coming back as {self.wanted_name}")
-            elif self.wanted_name is not None:
-                self._send_name(self.wanted_name)
-            else:
-                self.asking_name = True
-                self.name_entry.focus_set()
-        elif event.state == "failed":
-            self.phase = "offline"
-            self.pending_name = None
-            why = f"Cannot reach the server at {self.address}: {event.detail}."
-            if self.retry_attempt:  # trying again by itself: the status bar counts, not the chat
-                self._schedule_retry()
-            else:
-                self.note(why)
-                self.offline_label.configure(text=tk_safe(why + " Press Retry to try again."))
-            self.set_status(f"Not connected: cannot reach {self.address}")
-        else:
-            self.on_lost(event.detail)
-        self._update_view()
+    # --- SessionView: what the session asks of the window ---
 
-    def on_lost(self, detail: str) -> None:
-        was_chatting = self.phase == "chatting"
-        retrying = self.retry_attempt > 0  # an automatic attempt connected, then lost it
-        self.phase = "offline"
-        self.pending_name = None
-        if self.name is not None:
-            self.wanted_name = self.name  # Reconnect joins with the same name
-        self.name = None
-        self.set_users([])  # who is there is unknown until the next listing
-        if self.leaving:
-            why = "You left the grove."
-            self.offline_label.configure(text="You left the grove. Press Reconnect to come back.")
-        else:
-            reason = self.server_farewell or f"Connection lost: {detail}."
-            why = f"Disconnected from {self.address}: {reason}"
-            if self.server_farewell is None and not retrying:  # else said already
-                self.note(why)
-            if not retrying:
-                self.offline_label.configure(
-                    text=tk_safe(why + (" Press Reconnect to join again as "
-                                        f"{self.wanted_name}." if was_chatting and self.wanted_name
-                                        else " Press Reconnect to try again.")))
-            if (was_chatting or retrying) and self.wanted_name is not None:
-                # Even after a shutdown: the server may be back in a moment.
-                self._schedule_retry()
-        self.set_status(why)
-
-    def on_message(self, msg: Message) -> None:
-        kind = msg.kind
-        if kind == "welcome":
-            self.on_welcome(msg)
-        elif kind == "error" and self.resuming:
-            # The code is wrong or has expired (say, the server restarted): join afresh.
-            self.resuming = False
-            self.resume_code = None
-            if self.pending_name is not None:
-                self._send_name(self.pending_name)
-            return
-        elif kind == "error" and self.pending_name is not None:
-            self.name_refused(msg.text)
-            return
-        elif kind == "resume":
-            # "CODE is your resume code: ...": Reconnect sends it; the person need not see it.
-            self.resume_code = first_word(msg.text) or None
-            return
-        elif kind == "name":
-            self.name_prompt.configure(text=tk_safe(msg.text))
-            return  # the form asks; the prompt is not chat
-        elif kind == "grove":
-            self.set_users(grove_names(msg.text))
-        elif kind == "more":
-            self.add_users(msg.text.split())
-        elif kind == "join":
-            self.add_users([first_word(msg.text)])
-        elif kind == "leave":
-            self.remove_user(first_word(msg.text))
-        elif kind == "lost":  # "Bob lost connection (...)": still here, may come back
-            self.away.add(name_key(first_word(msg.text)))
-            self._refresh_users()
-        elif kind == "back":
-            self.away.discard(name_key(first_word(msg.text)))
-            self._refresh_users()
-        elif kind == "quiet":
-            self.quiet = True
-            self._refresh_users()
-        elif kind in ("shutdown", "full", "bye"):
-            self.server_farewell = msg.text
-            self.resume_code = None  # nothing to come back to
-            if kind == "bye":
-                self.leaving = True
-        if self.show_line(msg) and kind != "history":  # history: said before we came
-            self._mentioned()
-
-    def on_welcome(self, msg: Message) -> None:
-        self._stop_retrying()
-        self.resuming = False
-        self.name = self.pending_name or self.wanted_name
-        self._mention = mention_pattern(self.name) if self.name else None
-        self.wanted_name = self.name
-        self.pending_name = None
-        self.phase = "chatting"
-        self.asking_name = False
-        self.name_error.configure(text="")
-        self.set_status(f"Connected to {self.address} as {self.name}")
-        self._update_view()
-        self.entry.focus_set()
-
-    # --- The name ---
-
-    def submit_name(self, event: object = None) -> str:
-        """The name form's Enter and Join button."""
-        name = self.name_entry.get().strip()
-        if not name:
-            self.name_error.configure(text="Type a name first.")
-        elif self.pending_name is None:
-            self.wanted_name = name
-            if self.phase == "naming":
-                self._send_name(name)
-            elif self.phase == "offline":
-                self.name_error.configure(
-                    text="Not connected. Press Retry; you will join with this name.")
-            else:
-                self.name_error.configure(text="Connecting; you will join with this name.")
-            self._update_view()
-        return "break"
-
-    def _send_name(self, name: str) -> None:
-        if self.send(name):
-            self.pending_name = name
-            self.name_error.configure(text="")
-            self.set_status(f"Connected to {self.address}; joining as {name}")
-        else:
-            self.name_error.configure(text="Not sent: the connection is gone.")
-
-    def name_refused(self, reason: str) -> None:
-        """The server said no to the name: show why, and ask again."""
-        self._stop_retrying()  # the connection is up: the person chooses a name now
-        refused = self.pending_name or ""
-        self.pending_name = None
-        self.wanted_name = None
-        self.asking_name = True
-        self.name_error.configure(text=tk_safe(reason))
-        self.set_status(f"Connected to {self.address}; the name {refused} was refused")
-        self.name_entry.delete(0, "end")
-        self.name_entry.insert(0, tk_safe(refused))
-        self.name_entry.select_range(0, "end")
-        self._update_view()
-        self.name_entry.focus_set()
-
-    # --- Sending ---
-
-    def on_send(self, event: object = None) -> str:
-        """Enter in the input line, or the Send button."""
-        text = self.entry.get()
-        if not text.strip():
-            return "break"  # empty input sends nothing
-        if self._deliver(text):
-            self.entry.delete(0, "end")
-            self.history.append(text)
-            del self.history[:-HISTORY_LIMIT]
-            self.history_pos = None
-            self.draft = ""
-        return "break"
-
-    def send_command(self, command: str) -> None:
-        """A command button."""
-        self._deliver(command)
-
-    def _deliver(self, text: str) -> bool:
-        """Send one line and show it; on failure say so and return False (the caller keeps the
-        text, so nothing is lost)."""
-        if self.phase != "chatting" or self.name is None:
-            self.note("Not sent: not connected to the grove. Your message stays in the box"
-                      + (" until you reconnect." if self.phase == "offline" else "."))
-            return False
-        if not self.send(text):
-            self.note("Not sent: the connection is gone. Your message stays in the box.")
-            return False
-        self.follow = True  # one's own line brings the view back to the newest
-        if text.startswith("@"):
-            if text.split()[0].lower() != "@whisper":  # the server confirms a whisper itself
-                self.show_line(Message("command", text.strip()), own=True)
-            if text.split()[0].lower() == "@leaves":
-                self.leaving = True
-                self.resume_code = None
-        else:
-            self.show_line(Message("chat", clean_text(text), self.name), own=True)
-        return True
-
-    # --- History and completion ---
-
-    def history_up(self, event: object = None) -> str:
-        if not self.history:
-            return "break"
-        if self.history_pos is None:
-            self.draft = self.entry.get()
-            self.history_pos = len(self.history)
-        if self.history_pos > 0:
-            self.history_pos -= 1
-            self._set_entry(self.history[self.history_pos])
-        return "break"
-
-    def history_down(self, event: object = None) -> str:
-        if self.history_pos is None:
-            return "break"
-        self.history_pos += 1
-        if self.history_pos >= len(self.history):
-            self.history_pos = None
-            self._set_entry(self.draft)
-        else:
-            self._set_entry(self.history[self.history_pos])
-        return "break"
-
-    def _set_entry(self, text: str, cursor: int | None = None) -> None:
-        self.entry.delete(0, "end")
-        self.entry.insert(0, tk_safe(text))
-        self.entry.icursor("end" if cursor is None else cursor)
-
-    def complete(self, event: object = None) -> str:
-        """Tab: complete the word before the cursor to an @command or a name; Tab again cycles
-        through the matches."""
-        text = self.entry.get()
-        cursor = self.entry.index("insert")
-        state = self._completion
-        if state is None or state.result != text or state.cursor != cursor:
-            start = max(text.rfind(" ", 0, cursor), text.rfind("\t", 0, cursor)) + 1
-            prefix = text[start:cursor].casefold()
-            if not prefix:
-                return "break"
-            if prefix.startswith("@"):
-                candidates: Iterable[str] = COMMANDS
-            else:
-                own = name_key(self.name) if self.name else None
-                candidates = sorted((tk_safe(name) for key, name in self.users.items()
-                                     if key != own), key=str.casefold)
-            matches = [c for c in candidates if c.casefold().startswith(prefix)]
-            if not matches:
-                self.root.bell()
-                return "break"
-            state = _Completion(start, text[cursor:], matches, 0)
-        else:
-            state.index = (state.index + 1) % len(state.matches)
-        head = text[:state.start] + state.matches[state.index] + " "
-        state.result = head + state.tail
-        state.cursor = len(head)
-        self._set_entry(state.result, state.cursor)
-        self._completion = state
-        return "break"
-
-    # --- The chat view ---
-
-    def show_line(self, msg: Message, *, own: bool = False) -> bool:
-        """One line in the chat view, styled by its kind. own marks what one sent oneself.
-
-        History lines show the server's time instead of ours, missed lines "missed" instead of
-        a time; both are muted, and tagged "history" / "missed". True when the line is a
-        mention (somebody else's chat line or whisper naming us), which is highlighted."""
-        line_tags: tuple[str, ...] = ("line", "own") if own else ("line",)
-        stamp = time.strftime("%H:%M ")
-        pieces: list[tuple[str, tuple[str, ...]]] = [(stamp, ("time",))]
-        kind = msg.kind
-        earlier = kind in ("history", "missed")
-        if kind == "history":  # "* history: [12:03] Bob: hi", said before we came
-            said = _HISTORY_LINE.match(msg.text)
-            if said:
-                pieces = [(said.group(1) + " ", ("time",))]
-            msg = parse_line(said.group(2) if said else msg.text)
-            kind = msg.kind
-            line_tags += ("history",)
-        elif kind == "missed":  # "* missed: Bob: hi", said while our connection was down
-            pieces = [("missed ", ("time", "missed_label"))]
-            msg = parse_line(msg.text)
-            kind = msg.kind
-            line_tags += ("missed",)
-        mention = False
-        if kind == "chat":
-            mention = not own and self._names_me(msg.sender, msg.text)
-            pieces.append((msg.sender, (_name_tag(msg.sender),)))
-            if own:
-                pieces.append((" (you)", ("you",)))
-            pieces.append((": " + msg.text, ("earlier",) if earlier else ("body",)))
-        elif kind in ("whisper", "whispered"):  # "Bob: psst" / "to Bob: psst"
-            rest = msg.text.removeprefix("to ") if kind == "whispered" else msg.text
-            who = parse_line(rest)
-            if who.kind != "chat":
-                pieces.append((msg.text, ("whisper",)))
-            elif kind == "whisper":
-                mention = self._names_me(who.sender, who.text)
-                pieces += [(who.sender, (_name_tag(who.sender),)),
-                           (" whispers to you: ", ("whisper_label",)), (who.text, ("whisper",))]
-            else:
-                pieces += [("you whispered to ", ("whisper_label",)),
-                           (who.sender, (_name_tag(who.sender),)),
-                           (": " + who.text, ("whisper",))]
-        elif kind == "art":
-            pieces = [(msg.text, ("art",))]
-        elif kind == "fact":
-            pieces += [("Bamboo fact: ", ("fact_label",)), (msg.text, ("fact",))]
-        elif kind == "command":
-            pieces += [("you: ", ("command",)), (msg.text, ("command",))]
-        elif kind == "text":
-            pieces.append((msg.text, ("body",)))
-        else:
-            style = {"welcome": "welcome", "info": "info", "error": "error", "help": "help",
-                     "shutdown": "alert", "full": "alert", "bye": "alert",
-                     "slow": "note"}.get(kind, "system")
-            pieces.append(("\u2022 " + msg.text, ("system",) if earlier else (style,)))
-        if mention:
-            line_tags += ("mention",)
-        self._append(pieces, line_tags)
+    def show(self, msg: Message, *, own: bool = False) -> None:
+        rendered = render(msg, clock=time.strftime("%H:%M"), me=self.session.name, own=own)
         if not own:
-            self.lines_shown += 1
-        return mention
+            self._mark_unread_if_away(msg)
+        self.chat_view.append(rendered)
+        self.transcript.append(rendered.plain())
+        if own:  # one's own line, sent outside a poll tick, brings the view back to the newest
+            self.chat_view.follow = True
+            self.chat_view.end_batch()
+            return
+        self.lines_shown += 1
+        if (rendered.mention or rendered.whisper) and msg.kind != "history":
+            self._alert(rendered)
 
-    def _names_me(self, sender: str, text: str) -> bool:
-        """text, said by sender, names us (and sender is not us)."""
-        return (self._mention is not None and self.name is not None
-                and name_key(sender) != name_key(self.name)
-                and self._mention.search(text) is not None)
+    def _mark_unread_if_away(self, msg: Message) -> None:
+        """The first new line while the person looks elsewhere gets "new since you looked"
+        above it (once per time away; replayed history is not new)."""
+        if (not self._unread_marked and self.session.phase == "chatting"
+                and msg.kind not in ("welcome", "history") and not self.has_focus()):
+            self._unread_marked = True
+            self.chat_view.mark_unread()
 
     def note(self, text: str) -> None:
-        """A line from the client itself: a fault, something not sent."""
-        self._append([(time.strftime("%H:%M "), ("time",)), ("\u2022 " + text, ("note",))],
-                     ("line",))
+        rendered = render_note(text, time.strftime("%H:%M"))
+        self.chat_view.append(rendered)
+        self.transcript.append(rendered.plain())
+        self.chat_view.end_batch()  # notes are few: each is shown at once
 
-    def _append(self, pieces: list[tuple[str, tuple[str, ...]]], line_tags: tuple[str, ...]
-                ) -> None:
-        chat = self.chat
-        chat.configure(state="normal")
-        if chat.index("end-1c") != "1.0":  # the newline ends the previous line, in its style
-            chat.insert("end", "\n", self._last_line_tags)
-        self._last_line_tags = line_tags
-        for text, tags in pieces:
-            chat.insert("end", tk_safe(text), (*tags, *line_tags))
-        chat.configure(state="disabled")
-        if not self.follow:
-            self.more_below.place(relx=1.0, rely=1.0, x=-22, y=-8, anchor="se")
-        if not self._in_batch:
-            self._after_append()
+    def set_status(self, text: str) -> None:
+        self.status_bar.set_text(text)
 
-    def _after_append(self) -> None:
-        """Once per batch: keep the scrollback bounded, and follow the newest line."""
-        chat = self.chat
-        lines = int(chat.index("end-1c").split(".")[0])
-        if lines > MAX_SCROLLBACK_LINES:
-            chat.configure(state="normal")
-            chat.delete("1.0", f"{lines - MAX_SCROLLBACK_LINES + 1}.0")
-            chat.configure(state="disabled")
-        if self.follow:
-            chat.see("end")
+    def set_offline_reason(self, text: str) -> None:
+        self.banner.label.configure(text=for_display(text))
 
-    def scrollback_lines(self) -> int:
-        return int(self.chat.index("end-1c").split(".")[0])
+    def set_name_prompt(self, text: str) -> None:
+        self.name_form.prompt.configure(text=for_display(text))
 
-    def _on_chat_scrolled(self, first: float | str, last: float | str) -> None:
-        """The view moved (scrolled by the person, or grown by new lines): autoscroll only while
-        the bottom is in sight, so scrolling up to read is not undone by the next line."""
-        self.scrollbar.set(first, last)
-        self.follow = float(last) >= 0.999
-        if self.follow:
-            self.more_below.place_forget()
+    def set_name_error(self, text: str) -> None:
+        self.name_form.error.configure(text=for_display(text))
 
-    def scroll_to_end(self) -> None:
-        self.chat.see("end")
-        self.chat.yview_moveto(1.0)
+    def name_refused(self, name: str) -> None:
+        self.name_form.refused(name)
 
-    def _scroll_pages(self, pages: int) -> str:
-        self.chat.yview_scroll(pages, "pages")
-        return "break"
+    def welcomed(self) -> None:
+        self.input.entry.focus_set()
+        self._update_title()
 
-    # --- Who is here ---
+    def users_changed(self) -> None:
+        session = self.session
+        self.user_list.show(session.users.values(), session.name, session.away, session.quiet)
 
-    def set_users(self, names: Iterable[str]) -> None:
-        """The user list is exactly names (a grove listing)."""
-        self.users = {}
-        self.add_users(names)
-        self.away &= self.users.keys()
+    def phase_changed(self) -> None:
+        """Show and enable the parts of the window that fit the phase. The input stays usable
+        offline: what is written then goes out when the window is back in the grove."""
+        session = self.session
+        rows = ((self.banner.frame, 2, session.phase == "offline"),
+                (self.name_form.frame, 3, session.asking_name),
+                (self.input.frame, 5, not session.asking_name))
+        for frame, row, shown in rows:
+            if shown:
+                frame.grid(row=row, column=0, sticky="ew")
+            else:
+                frame.grid_remove()
+        chatting = session.phase == "chatting"
+        for button in self.command_buttons.values():
+            button.state(["!disabled"] if chatting else ["disabled"])
+        waiting = session.pending_name is not None
+        self.name_form.join_button.state(["disabled"] if waiting else ["!disabled"])
+        self.banner.retry_button.configure(
+            text="Reconnect" if session.ever_connected else "Retry")
+        self.status_bar.set_phase(session.phase)
+        self._update_title()
 
-    def add_users(self, names: Iterable[str]) -> None:
-        for name in names:
-            if name:
-                self.users[name_key(name)] = name
-        self._refresh_users()
+    def show_countdown(self, text: str) -> None:
+        self.status_bar.show_countdown(text)
 
-    def remove_user(self, name: str) -> None:
-        self.users.pop(name_key(name), None)
-        self.away.discard(name_key(name))
-        self._refresh_users()
+    # --- What the person does ---
 
-    def user_names(self) -> list[str]:
-        return sorted(self.users.values(), key=str.casefold)
-
-    def _refresh_users(self) -> None:
-        box = self.user_list
-        box.delete(0, "end")
-        own = name_key(self.name) if self.name else None
-        self._listed = self.user_names()
-        for name in self._listed:
-            key = name_key(name)
-            mark = " (you)" if key == own else " (away)" if key in self.away else ""
-            box.insert("end", tk_safe(name + mark))
-            box.itemconfigure("end", foreground=MUTED if key in self.away else name_colour(name))
-        count = len(self.users)
-        self.user_header.configure(
-            text=f"In the grove \u00b7 {count}" if count else "In the grove")
-        self.quiet_label.configure(
-            text="The grove is big, so joins and leaves are no longer announced: this list is "
-                 "as of the last listing. Press Who's here to refresh it." if self.quiet else "")
+    def send_command(self, command: str) -> None:
+        """A command button; the keyboard stays with the input line."""
+        self.session.submit(command)
+        self._focus_input()
 
     def whisper_to(self, name: str) -> None:
         """Start a whisper to name: the input line becomes "@whisper NAME " and what was typed
         (a whisper to somebody else loses its "@whisper OTHER"), ready to type on."""
-        text = self.entry.get()
+        if self.session.phase != "chatting" or self.session.is_me(name):
+            return
+        text = self.input.get()
         words = text.split(" ", 2)
         if words[0].lower() == "@whisper":
             text = words[2] if len(words) > 2 else ""
-        self._set_entry(f"@whisper {name} {text}")
-        self.entry.focus_set()
+        self.input.put(f"@whisper {name} {text}")
+        self.input.entry.focus_set()
 
-    def _on_user_double_click(self, event: tk.Event[tk.Listbox]) -> str:
-        """A double click on a name in the user list starts a whisper to that panda."""
-        row = self.user_list.index(f"@{event.x},{event.y}")  # the nearest row
-        box = self.user_list.bbox(row)
-        inside = box is not None and box[1] <= event.y < box[1] + box[3]
-        if inside and 0 <= row < len(self._listed) and self.phase == "chatting":
-            name = self._listed[row]
-            if self.name is None or name_key(name) != name_key(self.name):  # not oneself
-                self.whisper_to(name)
-        return "break"
+    def _completable_names(self) -> list[str]:
+        return [n for n in self.session.user_names() if not self.session.is_me(n)]
 
-    # --- Mentions ---
+    def _focus_input(self) -> None:
+        if self.session.asking_name:
+            self.name_form.entry.focus_set()
+        else:
+            self.input.entry.focus_set()
+
+    def _copy_from_chat(self, event: object = None) -> str | None:
+        """Ctrl+C in the input with nothing selected there copies what is selected in the chat
+        (the input has the keyboard even while one selects in the chat)."""
+        if self.input.entry.selection_present():
+            return None  # the entry's own copy
+        return self.chat_view._on_copy()
+
+    def open_find(self) -> None:
+        self.find_bar.open()
+
+    def show_shortcuts(self) -> None:
+        if self.shortcuts is None or not self.shortcuts.exists():
+            self.shortcuts = ShortcutList(self.root, self.ui_fonts, self.palette)
+
+    def save_chat(self) -> None:
+        """Ctrl+S: the chat as a text file, a line each with its time and name."""
+        path = self.ask_save_path()
+        if not path:
+            return
+        try:
+            Path(path).write_text("\n".join(self.transcript) + "\n", encoding="utf-8")
+        except OSError as exc:
+            self.note(f"Could not save the chat to {path}: {exc.strerror or exc}")
+            return
+        self.note(f"Saved the chat to {path}.")
+
+    def _ask_save_path(self) -> str:
+        return filedialog.asksaveasfilename(
+            parent=self.root, title="Save the chat", defaultextension=".txt",
+            initialfile=f"panda-chat-{time.strftime('%Y-%m-%d-%H%M')}.txt",
+            filetypes=[("Text", "*.txt"), ("All files", "*")])
+
+    # --- Mentions, whispers, and looking away ---
 
     def has_focus(self) -> bool:
         """The window has the keyboard focus: the person is (probably) looking at it."""
@@ -1164,106 +2489,45 @@ class ChatWindow:
         return bool(focus) and str(self.root.tk.call("winfo", "toplevel", focus)) == str(
             self.root)
 
-    def _mentioned(self) -> None:
-        """Somebody named us. Unless the window has the focus: one more in the title's count,
-        and one ring of the bell (unless bell is off)."""
+    def _alert(self, rendered: Rendered) -> None:
+        """A mention or a whisper while the person looks elsewhere: one more in the title's
+        count, and a notification (or the bell, at most every BELL_GAP_S)."""
         if self.has_focus():
             return
         self.unread_mentions += 1
         self._update_title()
-        if self.bell:
-            self.root.bell()
+        said = rendered.plain().split(" ", 1)[-1]
+        title = "Panda Chat: a whisper" if rendered.whisper else "Panda Chat: you were named"
+        self.notifier.notify(title, said)
 
     def _on_focus_in(self, event: object = None) -> None:
         """The window got the focus: the person sees the mentions now."""
+        self._unread_marked = False
         if self.unread_mentions:
             self.unread_mentions = 0
             self._update_title()
 
-    # --- Coming back by itself ---
+    def _update_title(self) -> None:
+        """"Panda Chat — Alice", with "(2) " before it for mentions not yet seen."""
+        name = self.session.name
+        title = f"Panda Chat \u2014 {name}" if name else "Panda Chat"
+        if self.unread_mentions:
+            title = f"({self.unread_mentions}) {title}"
+        self.root.title(for_display(title))
 
-    def _schedule_retry(self) -> None:
-        """Count down to the next automatic attempt (the waits of retry_delays, the last one
-        repeating), shown with Cancel in the status bar."""
-        if not self.retry_delays or self.closed:
-            return
-        self.retry_attempt += 1
-        delay = self.retry_delays[min(self.retry_attempt, len(self.retry_delays)) - 1]
-        self._retry_at = time.monotonic() + delay
-        if not self.retry_label.winfo_manager():  # not shown yet: "... in 2 s… [Cancel]"
-            self.cancel_button.pack(side="right", before=self.status)
-            self.retry_label.pack(side="right", padx=(0, 6), before=self.status)
-        self._retry_tick()
-
-    def _retry_tick(self) -> None:
-        self.retry_id = None
-        remaining = self._retry_at - time.monotonic()
-        if remaining > 0:
-            seconds = math.ceil(remaining)
-            self.retry_label.configure(
-                text=f"Reconnecting in {seconds} s\u2026 (attempt {self.retry_attempt})")
-            # Back when the number shown changes, or the wait is over.
-            wait_ms = math.ceil((remaining - (seconds - 1)) * 1000)
-            self.retry_id = self.root.after(wait_ms, self._retry_tick)
-            return
-        self.retry_label.configure(text=f"Reconnecting\u2026 (attempt {self.retry_attempt})")
-        self._connect_again()
-
-    def _stop_retrying(self) -> None:
-        if self.retry_id is not None:
-            self.root.after_cancel(self.retry_id)
-            self.retry_id = None
-        self.retry_attempt = 0
-        self.retry_label.pack_forget()
-        self.cancel_button.pack_forget()
-
-    def cancel_retry(self) -> None:
-        """Cancel: stop reconnecting by itself, ending an attempt under way. Reconnect stays."""
-        if not self.retry_attempt:
-            return
-        under_way = self.retry_id is None and self.phase != "offline"
-        self._stop_retrying()
-        if under_way:
-            self.disconnect()  # nothing of that connection reaches inbox any more
-            self.phase = "offline"
-            self.pending_name = None
-            self.resuming = False
-            self.set_status(f"Not connected to {self.address}")
-        self.note("Stopped reconnecting. Press Reconnect to try again.")
-        self._update_view()
-
-    # --- Faults and the end ---
-
-    def reconnect(self) -> None:
-        """Retry / Reconnect: connect again now, joining with the same name."""
-        self._stop_retrying()
-        self._connect_again()
-
-    def _connect_again(self) -> None:
-        if self.closed:
-            return
-        self.phase = "connecting"
-        self.pending_name = None
-        self.resuming = False
-        self.leaving = False
-        self.server_farewell = None
-        self.quiet = False
-        self.set_status(f"Connecting to {self.address}\u2026")
-        self._update_view()
-        self.connect()
+    # --- The end ---
 
     def close(self) -> None:
-        """Stop polling, say goodbye, close the connection. The window stays for the caller."""
-        if self.closed:
+        """Stop polling, say goodbye, close the connection (without waiting for it). The window
+        stays for the caller."""
+        if self.session.closed:
             return
-        self.closed = True
-        self._stop_retrying()
+        self.session.close()
         if self.poll_id is not None:
             self.root.after_cancel(self.poll_id)
             self.poll_id = None
-        if self.phase in ("naming", "chatting"):
-            self.send("@leaves")  # before a name too: the server then says goodbye at once
-        self.disconnect()
+        if self.shortcuts is not None:
+            self.shortcuts.close()
 
     def on_close(self) -> None:
         """The window's close button (and Ctrl+C, SIGTERM)."""
@@ -1282,13 +2546,15 @@ def display_problem() -> str | None:
 
 def open_chat(root: tk.Tk, host: str, port: int, name: str | None = None,
               tls: ssl.SSLContext | None = None, *, bell: bool = True,
-              retry_delays: Sequence[float] = RETRY_DELAYS_S) -> tuple[ChatWindow, Connection]:
-    """A ChatWindow on root wired to a real Connection to host:port, connecting."""
+              retry_delays: Sequence[float] = RETRY_DELAYS_S,
+              **options: Any) -> tuple[ChatWindow, Connection]:
+    """A ChatWindow on root wired to a real Connection to host:port, connecting. options go to
+    ChatWindow (settings, notify_command, open_url, ...)."""
     inbox: queue.Queue[InboxItem] = queue.Queue()
     connection = Connection(host, port, inbox, tls)
     window = ChatWindow(root, inbox, send=connection.send, connect=connection.open,
-                        disconnect=lambda: connection.close(LINGER_S), address=(host, port),
-                        name=name, secure=tls is not None, bell=bell, retry_delays=retry_delays)
+                        disconnect=connection.close_soon, address=(host, port), name=name,
+                        secure=tls is not None, bell=bell, retry_delays=retry_delays, **options)
     return window, connection
 
 
@@ -1323,7 +2589,8 @@ def run_window(host: str, port: int, name: str | None, tls: ssl.SSLContext | Non
         print(f"client3.py: {problem}; for the terminal client run: python3 client3.py --no-gui",
               file=sys.stderr)
         return 2
-    window, _ = open_chat(root, host, port, name, tls, bell=bell)
+    window, connection = open_chat(root, host, port, name, tls, bell=bell,
+                                   notify_command=notify_send_command())
 
     def stop(signum: int, frame: FrameType | None) -> None:
         # Signals arrive between Python bytecodes on this (Tk's) thread; leave via the loop.
@@ -1332,6 +2599,7 @@ def run_window(host: str, port: int, name: str | None, tls: ssl.SSLContext | Non
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     root.mainloop()
+    connection.join_closers()  # the goodbye's linger, now that no window waits for it
     return 0
 
 

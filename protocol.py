@@ -18,7 +18,9 @@ every KIND.
 
 from __future__ import annotations
 
+import re
 import ssl
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -185,6 +187,107 @@ def clean_text(text: str) -> str:
     line and paragraph separators and bidi controls become visible escapes like "\\x1b" and
     "\\u2028", so the text stays on one line and reads as it is; a tab becomes a space."""
     return text.translate(_ESCAPES)
+
+
+# --- Payload formats ------------------------------------------------------
+# What some system lines carry. server3.py writes each with its format_*
+# function and client3.py reads it with the parse_* function beside it, so the
+# two ends cannot drift apart. A parse function returns None for text that
+# does not have its shape (an older or foreign server): the client then shows
+# the line and does nothing more with it.
+
+# The clock of a replayed line: hours and minutes are enough in a chat.
+HISTORY_CLOCK: Final = "%H:%M"
+_HISTORY: Final = re.compile(r"\[(\d{1,2}:\d{2})\] (.*)", re.DOTALL)
+
+
+def format_history(clock: str, line: str) -> str:
+    """The text of "* history:": a line said before one joined, with the
+    clock (time.strftime(HISTORY_CLOCK)) it was said at: "[12:03] Bob: hi"."""
+    return f"[{clock}] {line}"
+
+
+def parse_history(text: str) -> tuple[str, str] | None:
+    """(clock, line) of a format_history() text."""
+    said = _HISTORY.fullmatch(text)
+    return (said.group(1), said.group(2)) if said else None
+
+
+# Keepers (issue #11) are marked in the grove listing by this before their
+# name; no name starts with "@" (name_problem), so the mark is unambiguous.
+KEEPER_MARK: Final = "@"
+
+
+@dataclass(frozen=True)
+class Member:
+    """A panda as the grove listing names it."""
+
+    name: str
+    keeper: bool = False
+
+
+def count_pandas(count: int) -> str:
+    return f"{count} panda{'' if count == 1 else 's'}"
+
+
+def format_grove_listing(names: Iterable[str], line_chars: int,
+                         keepers: Collection[str] = ()) -> list[tuple[str, str]]:
+    """(kind, text) of the lines that list names: one "grove" line, "3 pandas
+    here: Alice Bob Carol", then "more" lines with the names that did not fit
+    in line_chars. A name in keepers gets KEEPER_MARK before it."""
+    listed = list(names)
+    kind, words, width = "grove", [f"{count_pandas(len(listed))} here:"], 0
+    out: list[tuple[str, str]] = []
+    for name in listed:
+        word = KEEPER_MARK + name if name in keepers else name
+        if width + len(word) > line_chars:
+            out.append((kind, " ".join(words)))
+            kind, words, width = "more", [], 0
+        words.append(word)
+        width += len(word) + 1
+    out.append((kind, " ".join(words)))
+    return out
+
+
+def parse_grove_line(kind: str, text: str) -> list[Member]:
+    """The pandas one line of a grove listing names (kind "grove" or "more")."""
+    if kind == "grove":
+        _, sep, text = text.partition(" here:")
+        if not sep:
+            return []
+    return [Member(word[len(KEEPER_MARK):], True) if word.startswith(KEEPER_MARK)
+            else Member(word) for word in text.split()]
+
+
+_RESUME: Final = " is your resume code"
+
+
+def format_resume(code: str, window_s: float) -> str:
+    """The text of "* resume:": the code that brings a dropped panda back."""
+    return (f"{code}{_RESUME}: if your connection drops, send \"@resume {code}\" instead "
+            f"of a name within {window_s:g} s to come back without missing a line.")
+
+
+def parse_resume(text: str) -> str | None:
+    """The code in a format_resume() text."""
+    code, sep, _ = text.partition(_RESUME)
+    return code if sep and code and not any(ch.isspace() for ch in code) else None
+
+
+_LOST: Final = " lost connection ("
+
+
+def format_lost(name: str, reason: str) -> str:
+    """The text of "* lost:": a panda whose connection dropped, who may come back."""
+    return f"{name}{_LOST}{reason})."
+
+
+def parse_lost(text: str) -> tuple[str, str] | None:
+    """(name, reason) of a format_lost() text."""
+    name, sep, rest = text.partition(_LOST)
+    if not sep or not name or any(ch.isspace() for ch in name) or not rest.endswith(")."):
+        return None
+    return name, rest[:-2]
 
 
 # --- TLS over memory buffers ----------------------------------------------------

@@ -71,13 +71,19 @@ from names import MAX_NAME_CHARS, lookalike_key, lookalike_problem, name_key, na
 from panda_facts import random_fact
 from protocol import (
     ENCODING,
+    HISTORY_CLOCK,
     LINE_TOO_LONG,
     MAX_LINE_BYTES,
     LineBuffer,
     TlsSession,
     chat_line,
     clean_text,
+    count_pandas,
     encode_line,
+    format_grove_listing,
+    format_history,
+    format_lost,
+    format_resume,
     parse_line,
     system_line,
 )
@@ -248,10 +254,6 @@ PLAIN_ON_TLS_PORT = ("This grove speaks TLS. Connect with: python3 client3.py --
 # Whether this platform has poll(): Linux, macOS and the BSDs do; Windows has
 # only select(), which takes at most 512 sockets per call in CPython's build.
 CAN_POLL = hasattr(select, "poll")
-
-
-def _pandas(count: int) -> str:
-    return f"{count} panda{'' if count == 1 else 's'}"
 
 
 def wait_readable(sock: socket.socket, timeout: float | None) -> bool:
@@ -1151,13 +1153,16 @@ class Grove:
             client.name = new
         return None
 
-    def names(self, mark_keepers: bool = False) -> list[str]:
-        """The names of the pandas here (not those away); keepers' with "@"
-        before them when mark_keepers (no name starts with "@")."""
+    def names(self) -> list[str]:
+        """The names of the pandas here (not those away)."""
         with self._lock:
             members = list(self._members.values())
-        here = sorted((c for c in members if not c.away), key=lambda c: c.name.casefold())
-        return [f"@{c.name}" if mark_keepers and c.keeper else c.name for c in here]
+        return sorted((c.name for c in members if not c.away), key=str.casefold)
+
+    def keepers(self) -> set[str]:
+        """The names of the keepers here and away."""
+        with self._lock:
+            return {c.name for c in self._members.values() if c.keeper}
 
     def claim_by_code(self, code: str, new_code: str) -> Client | None:
         """The panda whose resume code this is, with its code replaced by
@@ -1849,7 +1854,7 @@ def _history_entry(raw: bytes) -> str | None:
     if match is None or parse_line(match["line"]).kind != "chat":
         return None
     # Escaped when it was sent; escaped again in case the file was edited since.
-    return f"[{match['hhmm']}] {clean_text(match['line'])}"
+    return format_history(match["hhmm"], clean_text(match["line"]))
 
 
 class ChatServer:
@@ -2025,7 +2030,7 @@ class ChatServer:
                 return
             except RuntimeError:  # the system would not give us another thread
                 self._unregister([client])
-                refusal = (f"The grove is full ({_pandas(self.max_clients)}). "
+                refusal = (f"The grove is full ({count_pandas(self.max_clients)}). "
                            "Please try again later.")
         self.flood_log.info(f"full {client.address_key}", "refused %s: %s",
                              client.address_key, refusal)
@@ -2037,7 +2042,7 @@ class ChatServer:
         key = client.address_key
         with self._connections_lock:
             if len(self._connections) >= self.max_clients:
-                return (f"The grove is full ({_pandas(self.max_clients)}). "
+                return (f"The grove is full ({count_pandas(self.max_clients)}). "
                         "Please try again later.")
             if (ban := self.moderation.ban_on(key)) is not None:
                 return (f"You are banned from this grove by {ban.by} ({ban.left()}).")
@@ -2216,13 +2221,13 @@ class ChatServer:
             client.send(b"".join(encode_line(system_line("history", line))
                                  for line in self._history))
         client.send(self._rules_now())
-        log.info("join %s (%s)", name, _pandas(count))
+        log.info("join %s (%s)", name, count_pandas(count))
         if count <= ANNOUNCE_LIMIT:
             client.send(self.grove_listing())
             self._announce(count, "join", f"{name} joined the grove.", exclude=client)
         else:
             quiet = encode_line(system_line(
-                "quiet", f"Over {_pandas(ANNOUNCE_LIMIT)} are here, so joins and leaves are "
+                "quiet", f"Over {count_pandas(ANNOUNCE_LIMIT)} are here, so joins and leaves are "
                          "no longer announced. @grove lists everybody."))
             client.send(quiet)
             if went_quiet:
@@ -2281,9 +2286,9 @@ class ChatServer:
         if not self._history.maxlen:  # no history: nothing to keep, no boundary to guard
             self.grove.broadcast(data, client)
             return
-        stamp = time.strftime("%H:%M")
+        stamp = time.strftime(HISTORY_CLOCK)
         with self._history_lock:  # a line is either in a newcomer's history or live
-            self._history.extend(f"[{stamp}] {line}" for line in chat)
+            self._history.extend(format_history(stamp, line) for line in chat)
             listeners = self.grove.listeners()
         self.grove.broadcast(data, client, listeners)
 
@@ -2366,10 +2371,8 @@ class ChatServer:
     def _resume_line(self, client: Client) -> bytes:
         if not self.resume_window:
             return b""
-        return encode_line(system_line(
-            "resume", f"{client.resume_code} is your resume code: if your connection drops, "
-                      f"send \"@resume {client.resume_code}\" instead of a name within "
-                      f"{self.resume_window:g} s to come back without missing a line."))
+        return encode_line(system_line("resume", format_resume(client.resume_code,
+                                                               self.resume_window)))
 
     def _resume(self, client: Client, code: str) -> Client | None:
         """Let client's connection carry on as the panda with that resume code."""
@@ -2465,7 +2468,7 @@ class ChatServer:
         if len(batch) > REAP_LOG_EACH and not self._closing:
             log.info("%d connections ended: %s; %s here now", len(batch),
                      ", ".join(f"{count} {outcome}" for outcome, count in sorted(summary.items())),
-                     _pandas(self.grove.count()))
+                     count_pandas(self.grove.count()))
 
     def _finish(self, client: Client, reason: str, log_it: bool) -> str:
         """Take an ended connection's panda out of the grove, or keep it away
@@ -2491,7 +2494,7 @@ class ChatServer:
         client.go_away()
         if log_it:
             log.info("lost %s (%s); name kept %g s", client.name, reason, self.resume_window)
-        self._announce(self.grove.count(), "lost", f"{client.name} lost connection ({reason}).",
+        self._announce(self.grove.count(), "lost", format_lost(client.name, reason),
                        exclude=client)
         code, since = client.resume_code, client.away_since
 
@@ -2513,18 +2516,10 @@ class ChatServer:
             self.grove.broadcast(self.grove_listing())  # small enough to announce again
 
     def grove_listing(self) -> bytes:
-        """The grove line (and its more lines) for everybody here."""
-        names = self.grove.names(mark_keepers=True)
-        kind, words, width = "grove", [f"{_pandas(len(names))} here:"], 0
-        out: list[bytes] = []
-        for name in names:
-            if width + len(name) > LISTING_LINE_CHARS:
-                out.append(encode_line(system_line(kind, " ".join(words))))
-                kind, words, width = "more", [], 0
-            words.append(name)
-            width += len(name) + 1
-        out.append(encode_line(system_line(kind, " ".join(words))))
-        return b"".join(out)
+        """The grove line (and its more lines) for everybody here, keepers marked."""
+        return b"".join(encode_line(system_line(kind, text)) for kind, text in
+                        format_grove_listing(self.grove.names(), LISTING_LINE_CHARS,
+                                             self.grove.keepers()))
 
     # --- stopping -------------------------------------------------------------
 
@@ -2819,7 +2814,7 @@ def main(argv: list[str] | None = None) -> int:
     host, port = server.address
     shown = f"[{host}]" if ":" in host else host
     log.info("Panda Chat listening on %s:%d%s; up to %s (%s)",
-             shown, port, " with TLS" if tls else "", _pandas(server.max_clients), fd_limit)
+             shown, port, " with TLS" if tls else "", count_pandas(server.max_clients), fd_limit)
     for line in who_can_join(host, port, tls is not None):
         log.info("%s", line)
     if keeper_code:  # a line of its own: the person at this terminal alone sees it

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Make docs/screenshot.png: the real client3.py window in a real chat.
+"""Make docs/screenshot.png and docs/screenshot-dark.png: the real client3.py window in a real
+chat, in the light and in the dark theme.
 
-Run:   python3 docs/make_screenshot.py [--out docs/screenshot.png]
-Needs: Xvfb (Debian: apt install xvfb) and ImageMagick's `import` (apt install imagemagick).
-       Without Xvfb it uses $DISPLAY, if there is one.
+Run:   python3 docs/make_screenshot.py [--out-dir docs]
+Needs: Xvfb (Debian: apt install xvfb); without it, $DISPLAY if there is one. The window is read
+       from the X server with Xlib's XGetImage (through ctypes) and written as a PNG with zlib:
+       nothing else to install.
 
 It starts a Panda Chat server on a free port of 127.0.0.1, two panda bots on plain sockets, and
 the client's window joining as a third panda on its own Xvfb screen; the three talk, one asks for
@@ -13,6 +15,9 @@ a @bamboo fact, a fourth joins, and the window is captured. Everything stops whe
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
+import gc
 import os
 import select
 import shutil
@@ -23,6 +28,7 @@ import tempfile
 import threading
 import time
 import tkinter as tk
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from client3 import ChatWindow, Connection, open_chat  # noqa: E402
+from client3 import ChatWindow, Connection, Settings, open_chat  # noqa: E402
 from protocol import LineBuffer, encode_line  # noqa: E402
 from server3 import ChatServer  # noqa: E402
 
@@ -106,10 +112,66 @@ def pump(root: tk.Tk, done: Callable[[], bool], what: str) -> None:
 
 
 def shows(window: ChatWindow, text: str) -> Callable[[], bool]:
-    return lambda: text in window.chat.get("1.0", "end")
+    return lambda: text in window.chat_view.text.get("1.0", "end")
 
 
-def make_screenshot(out: Path) -> None:
+class _XImage(ctypes.Structure):
+    """The start of Xlib's XImage: as far as the pixel layout."""
+
+    _fields_ = [("width", ctypes.c_int), ("height", ctypes.c_int), ("xoffset", ctypes.c_int),
+                ("format", ctypes.c_int), ("data", ctypes.POINTER(ctypes.c_ubyte)),
+                ("byte_order", ctypes.c_int), ("bitmap_unit", ctypes.c_int),
+                ("bitmap_bit_order", ctypes.c_int), ("bitmap_pad", ctypes.c_int),
+                ("depth", ctypes.c_int), ("bytes_per_line", ctypes.c_int),
+                ("bits_per_pixel", ctypes.c_int), ("red_mask", ctypes.c_ulong),
+                ("green_mask", ctypes.c_ulong), ("blue_mask", ctypes.c_ulong)]
+
+
+def capture_png(left: int, top: int, width: int, height: int) -> bytes:
+    """A rectangle of the screen, read from the X server, as a PNG (24-bit TrueColor screens)."""
+    name = ctypes.util.find_library("X11")
+    if name is None:
+        sys.exit("make_screenshot.py: needs libX11")
+    x11 = ctypes.CDLL(name)
+    x11.XOpenDisplay.restype = ctypes.c_void_p
+    x11.XOpenDisplay.argtypes = [ctypes.c_char_p]
+    x11.XGetImage.restype = ctypes.POINTER(_XImage)
+    x11.XGetImage.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_uint, ctypes.c_uint, ctypes.c_ulong, ctypes.c_int]
+    x11.XCloseDisplay.argtypes = [ctypes.c_void_p]
+    display = x11.XOpenDisplay(None)
+    try:
+        all_planes, z_pixmap = 0xFFFFFFFF, 2
+        x11.XDefaultRootWindow.restype = ctypes.c_ulong
+        x11.XDefaultRootWindow.argtypes = [ctypes.c_void_p]
+        screen = x11.XDefaultRootWindow(display)
+        image = x11.XGetImage(display, screen, left, top, width, height, all_planes, z_pixmap)
+        if not image:
+            sys.exit("make_screenshot.py: XGetImage failed")
+        pixels = image.contents
+        if pixels.bits_per_pixel != 32 or pixels.byte_order != 0:  # LSBFirst: B, G, R, x
+            sys.exit("make_screenshot.py: needs a 24-bit TrueColor screen")
+        raw = ctypes.string_at(pixels.data, pixels.bytes_per_line * height)
+        rows = []
+        for y in range(height):
+            row = raw[y * pixels.bytes_per_line:y * pixels.bytes_per_line + width * 4]
+            rgb = bytearray(width * 3)
+            rgb[0::3], rgb[1::3], rgb[2::3] = row[2::4], row[1::4], row[0::4]
+            rows.append(b"\x00" + bytes(rgb))  # filter type 0 for each row
+    finally:
+        x11.XCloseDisplay(display)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (len(data).to_bytes(4, "big") + kind + data
+                + zlib.crc32(kind + data).to_bytes(4, "big"))
+
+    header = (width.to_bytes(4, "big") + height.to_bytes(4, "big")
+              + bytes([8, 2, 0, 0, 0]))  # 8 bits, RGB
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"".join(rows), 9)) + chunk(b"IEND", b""))
+
+
+def make_screenshot(out: Path, theme: str, settings_file: Path) -> None:
     server = ChatServer("127.0.0.1", 0, history=0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     bots: list[Bot] = []
@@ -119,18 +181,21 @@ def make_screenshot(out: Path) -> None:
         mei = Bot(server.address, "Mei")
         bao = Bot(server.address, "BaoBao")
         bots += [mei, bao]
-        window, connection = open_chat(root, *server.address)
+        settings = Settings(settings_file)  # a file of its own: the theme asked for, no other
+        settings.theme = theme
+        window, connection = open_chat(root, *server.address, settings=settings,
+                                       prefers_dark=lambda: False)
         root.geometry("900x600+0+0")
-        pump(root, lambda: window.phase == "naming", "the name form")
-        window.name_entry.insert(0, "Lulu")
-        window.submit_name()
-        pump(root, lambda: window.phase == "chatting", "the welcome")
+        pump(root, lambda: window.session.phase == "naming", "the name form")
+        window.name_form.entry.insert(0, "Lulu")
+        window.session.submit_name(window.name_form.entry.get())
+        pump(root, lambda: window.session.phase == "chatting", "the welcome")
 
         mei.say("Hi Lulu! Welcome to the grove.")
         pump(root, shows(window, "Welcome to the grove."), "Mei's greeting")
         for text in ("Hello Mei, hello BaoBao!", "Is there any bamboo left?"):
-            window.entry.insert(0, text)
-            window.on_send()
+            window.input.entry.insert(0, text)
+            window.input.submit()
         bao.say("Only the crunchy shoots. I ate the rest this morning :)")
         pump(root, shows(window, "crunchy shoots"), "Bao's line")
         window.send_command("@bamboo")
@@ -140,16 +205,15 @@ def make_screenshot(out: Path) -> None:
         xiang = Bot(server.address, "Xiang")
         bots.append(xiang)
         pump(root, shows(window, "Xiang joined"), "Xiang's join")
-        window.entry.insert(0, "Xiang! Come and have some bamboo")
-        window.entry.focus_force()
-        pump(root, lambda: root.focus_get() is window.entry, "the focused entry")
+        window.input.entry.insert(0, "Xiang! Come and have some bamboo")
+        window.input.entry.focus_force()
+        pump(root, lambda: root.focus_get() is window.input.entry, "the focused entry")
         root.update()
         out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            shot = Path(tmp) / "shot.png"
-            subprocess.run(["import", "-window", root.wm_frame(), str(shot)], check=True,
-                           timeout=WAIT_S)
-            shutil.copyfile(shot, out)
+        root.update_idletasks()
+        # The window and, above it, its menu bar (no window manager: the window is at 0, 0).
+        out.write_bytes(capture_png(0, 0, root.winfo_width(),
+                                    root.winfo_rooty() + root.winfo_height()))
         window.close()
     finally:
         for bot in bots:
@@ -157,19 +221,19 @@ def make_screenshot(out: Path) -> None:
         if connection is not None:
             connection.close()
         root.destroy()
+        gc.collect()  # free this window's Tk objects on this thread, not in a later one's
         server.close()
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshot.png")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
-    if shutil.which("import") is None:
-        sys.exit("make_screenshot.py: needs ImageMagick's import (apt install imagemagick)")
-    with xvfb_display() as display:
+    with xvfb_display() as display, tempfile.TemporaryDirectory() as tmp:
         os.environ["DISPLAY"] = display
-        make_screenshot(args.out)
-    print(f"wrote {args.out}")
+        for theme, name in (("light", "screenshot.png"), ("dark", "screenshot-dark.png")):
+            make_screenshot(args.out_dir / name, theme, Path(tmp) / f"{theme}.json")
+            print(f"wrote {args.out_dir / name}")
     return 0
 
 

@@ -9,6 +9,7 @@ working Tk, every GUI test is skipped with the reason (.ci/run installs xvfb, so
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import select
 import shutil
@@ -19,6 +20,7 @@ import tempfile
 import time
 import tkinter as tk
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -152,4 +154,35 @@ def root(display: str, request: pytest.FixtureRequest) -> Iterator[tk.Tk]:
         root.destroy()
     except tk.TclError:
         pass  # the test closed the window itself
+    # A window's objects hold each other (callbacks, the session and its view), so only the
+    # garbage collector frees them, in whatever thread it happens to run. Freed in a receiver
+    # thread of a later test, the last reference to a Tk interpreter deletes it from the wrong
+    # thread, and Tcl aborts the process. Collected here, on Tk's thread, they never get there.
+    gc.collect()
     assert not errors, f"exceptions in Tk callbacks: {errors}"
+
+
+@pytest.fixture(autouse=True)
+def _settings_in_a_temporary_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test's windows read and write their settings (client3.Settings) in a folder of the
+    test's own, never in the home folder of whoever runs the tests. The light theme is chosen
+    there, so that a desktop set to dark does not change the colours the tests see."""
+    path = tmp_path / "panda-chat" / "settings.json"
+    path.parent.mkdir()
+    path.write_text('{"theme": "light"}\n', encoding="utf-8")
+    monkeypatch.setenv("PANDA_CHAT_SETTINGS", str(path))
+    return path
+
+
+@pytest.fixture
+def elsewhere(root: tk.Tk) -> Iterator[tk.Entry]:
+    """A text field in another Tk application (another X client): focusing it takes the
+    keyboard focus away from the chat window, as clicking into another program does."""
+    other = tk.Tk()
+    other.title("Another program")
+    other.geometry("200x40+900+600")
+    field = tk.Entry(other)
+    field.pack()
+    other.update()
+    yield field
+    other.destroy()
