@@ -57,7 +57,8 @@ def test_history_that_is_not_stamped_is_none() -> None:
         assert parse_history(text) is None, text
 
 
-@given(st.lists(names, unique=True, max_size=60), st.data(), st.integers(20, 400))
+# A line holds at least one marked name: 20 characters and the keeper's "@".
+@given(st.lists(names, unique=True, max_size=60), st.data(), st.integers(21, 400))
 def test_the_grove_listing_round_trips_with_keepers(listed: list[str], data: st.DataObject,
                                                     line_chars: int) -> None:
     keepers = set(data.draw(st.lists(st.sampled_from(listed), unique=True)) if listed else [])
