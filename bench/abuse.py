@@ -80,7 +80,6 @@ import argparse
 import errno
 import itertools
 import json
-import multiprocessing
 import os
 import resource
 import select
@@ -100,7 +99,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the "bench" package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.loadgen import HOST, LINGER_RESET, cpu_seconds
+from bench.loadgen import HOST, LINGER_RESET, WorkerPool, cpu_seconds
 from bench.run import code_version, machine
 from bench.scenarios import percentile_ms, wait_for_quiet
 from bench.servers import REPO, ServerProcess, process_cpu_s
@@ -450,67 +449,10 @@ def attacker_main(pipe: Connection, address: tuple[str, int], realtime: bool) ->
     Attacker(pipe, address).serve()
 
 
-class AttackerPool:
-    """The attacker processes of one run. call() sends one command to each
-    (args: a list, one per process) and returns their replies; close() ends them."""
-
-    def __init__(self, count: int, address: tuple[str, int]) -> None:
-        context = multiprocessing.get_context("fork")
-        self.pipes: list[Connection] = []
-        self.processes: list[multiprocessing.process.BaseProcess] = []
-        for index in range(count):
-            ours, theirs = context.Pipe()
-            process = context.Process(target=attacker_main,
-                                      args=(theirs, address, Realtime.wanted),
-                                      name=f"bench-attacker-{index}", daemon=True)
-            process.start()
-            theirs.close()
-            self.pipes.append(ours)
-            self.processes.append(process)
-
-    def __enter__(self) -> AttackerPool:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def send(self, op: str, args: list[dict[str, Any]]) -> None:
-        for pipe, one in zip(self.pipes, args, strict=True):
-            pipe.send((op, one))
-
-    def replies(self, op: str, timeout: float) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        out = []
-        for index, pipe in enumerate(self.pipes):
-            if not pipe.poll(max(0.0, deadline - time.monotonic())):
-                raise RuntimeError(f"attacker {index} did not finish {op!r} in {timeout:g} s")
-            reply: dict[str, Any] = pipe.recv()
-            if "error" in reply:
-                raise RuntimeError(f"attacker {index}: {reply['error']}")
-            out.append(reply)
-        return out
-
-    def call(self, op: str, args: list[dict[str, Any]], timeout: float) -> list[dict[str, Any]]:
-        self.send(op, args)
-        return self.replies(op, timeout)
-
-    def close(self, timeout: float = 5.0) -> None:
-        for pipe in self.pipes:
-            try:
-                pipe.send(("quit", {}))
-            except OSError:
-                pass  # already gone
-        deadline = time.monotonic() + timeout
-        for process in self.processes:
-            process.join(max(0.0, deadline - time.monotonic()))
-            if process.is_alive():
-                process.kill()
-                process.join(1.0)
-        for pipe in self.pipes:
-            pipe.close()
-
-
-# --- the probe pair -------------------------------------------------------------------------
+def attacker_pool(count: int, address: tuple[str, int]) -> WorkerPool:
+    """The attacker processes of one run: loadgen's pool, running attacker_main."""
+    return WorkerPool(count, address, main=attacker_main, extra=(Realtime.wanted,),
+                      label="attacker")
 
 
 class Probe:
@@ -795,7 +737,7 @@ def run_one(name: str, p: AbuseParams, mode: str, command: list[str],
         server.start()
         result["server_pid"] = server.pid
         with Watcher(server) as watcher, \
-                AttackerPool(ATTACKERS, (HOST, server.port)) as pool:
+                attacker_pool(ATTACKERS, (HOST, server.port)) as pool:
             result["attacker_pids"] = [process.pid for process in pool.processes]
             probe = Probe(server.port, PROBE_RATE, max_s=3 * p.open_timeout_s)
             probe.connect(PROBE_CONNECT_TIMEOUT_S)

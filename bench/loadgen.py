@@ -568,18 +568,24 @@ class WorkerPool:
     """The worker processes of one scenario run, and the pipes to them.
 
     call(op, args, timeout) sends a command to every worker (args is one dict for
-    all, or a list with one per worker) and returns their replies in order;
-    share(items) deals items out to the workers; close() ends them (bounded).
+    all, or a list with one per worker) and returns their replies in order (or
+    send() now and replies() later); share(items) deals items out to the
+    workers; close() ends them (bounded). main(pipe, address, *extra) is what
+    each worker process runs (bench/abuse.py's attackers use this pool too).
     """
 
-    def __init__(self, count: int, address: tuple[str, int]) -> None:
+    def __init__(self, count: int, address: tuple[str, int],
+                 main: Callable[..., None] | None = None, extra: tuple[Any, ...] = (),
+                 label: str = "worker") -> None:
         context = multiprocessing.get_context("fork")
+        self.label = label
         self.pipes: list[Connection] = []
         self.processes: list[multiprocessing.process.BaseProcess] = []
         for index in range(count):
             ours, theirs = context.Pipe()
-            process = context.Process(target=worker_main, args=(theirs, address),
-                                      name=f"bench-worker-{index}", daemon=True)
+            process = context.Process(target=main or worker_main,
+                                      args=(theirs, address, *extra),
+                                      name=f"bench-{label}-{index}", daemon=True)
             process.start()
             theirs.close()
             self.pipes.append(ours)
@@ -604,17 +610,24 @@ class WorkerPool:
 
     def call(self, op: str, args: dict[str, Any] | list[dict[str, Any]],
              timeout: float) -> list[dict[str, Any]]:
+        self.send(op, args)
+        return self.replies(op, timeout)
+
+    def send(self, op: str, args: dict[str, Any] | list[dict[str, Any]]) -> None:
         per_worker = args if isinstance(args, list) else [args] * self.size
         for pipe, worker_args in zip(self.pipes, per_worker, strict=True):
             pipe.send((op, worker_args))
+
+    def replies(self, op: str, timeout: float) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         replies = []
         for index, pipe in enumerate(self.pipes):
             if not pipe.poll(max(0.0, deadline - time.monotonic())):
-                raise WorkerError(f"worker {index} did not finish {op!r} within {timeout:g} s")
+                raise WorkerError(f"{self.label} {index} did not finish {op!r} "
+                                  f"within {timeout:g} s")
             reply: dict[str, Any] = pipe.recv()
             if "error" in reply:
-                raise WorkerError(f"worker {index}: {reply['error']}")
+                raise WorkerError(f"{self.label} {index}: {reply['error']}")
             replies.append(reply)
         return replies
 

@@ -349,3 +349,14 @@ def test_invisible_and_symbol_names_are_refused(name: str) -> None:
 def test_ordinary_names_in_every_script_are_welcome(name: str) -> None:
     with running_server() as server:
         LineClient(server.address, name)  # join() expects the welcome
+
+
+def test_the_name_timeout_holds_while_flood_control_works_through_one_read() -> None:
+    with running_server(rate_limit=100, burst=100, name_timeout=1.5) as server:
+        student = LineClient(server.address)
+        text_after_banner(student)
+        start = time.monotonic()
+        student.send_raw(b"*\n" * 1000)  # one read; at one name try a second, 1,000 s of them
+        lines = student.read_until_eof(timeout=10)
+        assert lines[-1] == "* bye: No name within 1.5 seconds; goodbye.", lines[-3:]
+        assert time.monotonic() - start < 5

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PORTABLE = ROOT / "tests" / "portable"
 # The tests that exercise server3.py; each runs again in the portable mode.
 SERVER_SUITE = ["tests/test_server.py", "tests/test_grove_life.py", "tests/test_resume_tls.py",
-                "tests/test_server_process.py", "tests/test_defences.py"]
+                "tests/test_server_process.py", "tests/test_defences.py", "tests/test_keepers.py"]
 # The suite takes about 30 s here; a loaded CI machine gets slack.
 SUITE_TIMEOUT_S = 240
 
