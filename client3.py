@@ -870,6 +870,7 @@ class SessionView(Protocol):
 _MUTED: Final = re.compile(r"^(\S+) was muted by \S+ for ([\d.]+) minutes?\.")
 _SLOW_EVERY: Final = re.compile(r"one line every ([\d.]+) seconds")
 _NICK: Final = re.compile(r"^(\S+) is now (\S+)\.$")
+SECRET_SHOWN: Final = "(the code, not shown)"
 KICKED_PREFIX: Final = "You were removed from the grove"
 BANNED_PREFIX: Final = "You are banned"
 MUTED_ERROR_PREFIX: Final = "You are muted"
@@ -1306,6 +1307,8 @@ class Session:
             did = wire.partition(" ")[2].strip()
             if word == "@me" and did:  # the server shows it to the others only
                 self.view.show(Message("action", f"{self.name} {clean_text(did)}"), own=True)
+            elif word == "@keeper":  # the code stays off the screen (a projector, a transcript)
+                self.view.show(Message("command", f"@keeper {SECRET_SHOWN}"), own=True)
             elif word != "@whisper":  # the server confirms a whisper itself
                 self.view.show(Message("command", text.strip()), own=True)
             if word == "@leaves":
@@ -2153,7 +2156,8 @@ class InputBar:
         text = self.get()
         if self.on_submit(text):
             self.entry.delete(0, "end")
-            self.history.add(text)
+            if first_word(text).lower() != "@keeper":  # Up never brings the code back
+                self.history.add(text)
         self.entry.focus_set()
         return "break"
 

@@ -617,9 +617,11 @@ def test_own_actions_show_as_actions_and_keeper_commands_are_not_mentions() -> N
     s.on_message(Message("grove", "3 pandas here: Alice kick Bob"))
     s.submit("@me waves")
     s.submit("@kick Bob too loud")
-    assert sent == ["@me waves", "@kick Bob too loud"]
+    s.submit("@keeper sesame-123")
+    assert sent == ["@me waves", "@kick Bob too loud", "@keeper sesame-123"]
     own = [(m.kind, m.text) for m, mine in view.shown if mine]
-    assert own == [("action", "Alice waves"), ("command", "@kick Bob too loud")]
+    assert own == [("action", "Alice waves"), ("command", "@kick Bob too loud"),
+                   ("command", "@keeper (the code, not shown)")]
 
 
 def test_render_an_announcement_as_a_banner_and_an_action_in_italics() -> None:
