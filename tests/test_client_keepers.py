@@ -8,6 +8,7 @@ button clicked) and the ChatWindow's `ask` seam answering at once. Every wait ha
 
 from __future__ import annotations
 
+import functools
 import re
 import tkinter as tk
 from collections.abc import Callable, Iterator
@@ -98,6 +99,10 @@ def grove_menu(window: ChatWindow) -> tk.Menu:
 def states(window: ChatWindow) -> str:
     label = window.status_bar.states_label
     return str(label.cget("text")) if label.winfo_ismapped() else ""
+
+
+def showing(window: ChatWindow, shown: str) -> bool:
+    return states(window) == shown
 
 
 def answering(answers: dict[str, str], asked: list[str]
@@ -250,7 +255,7 @@ def test_the_status_bar_and_the_input_tell_a_pupil_the_rules(root: tk.Tk,
                                ("@slowmode 5", "Locked: no newcomers \u00b7 Hushed: only keepers "
                                                "talk \u00b7 Slow mode: one line every 5 s")):
             teacher.send(command)
-            pump(root, lambda shown=shown: states(window) == shown, shown)
+            pump(root, functools.partial(showing, window, shown), shown)
         assert reason.winfo_ismapped() and "hushed" in str(reason.cget("text"))
         teacher.send("@mute Alice 10")
         pump(root, lambda: states(window).endswith("You are muted (10 min)"), "the mute")
