@@ -16,14 +16,16 @@ touches a widget. Only Connection.send() writes to the socket.
 The parts, in the order of this file (each section starts with a "# --- " line):
   Text for display   pure: tk_safe, escaping, bidi_display, links, name colours, mentions
   render             pure: render(message) -> the pieces and tags of one chat line
-  Input helpers      pure: InputHistory (Up/Down), Completer (Tab), Placeholders
+  Input helpers      pure: InputHistory (Up/Down), Completer (Tab), Placeholders; Question
+                     and its checks (what a keeper's dialog asks)
   Settings           the small JSON file in the user's config folder (font size, theme)
   Timers             Reconnector (the countdown to the next attempt), Notifier (bell, desktop)
   Session            no Tk: phase, names, the user list, the resume code, the write-ahead
-                     outbox; what each message kind does, in one table (Session.KINDS)
+                     outbox, the keepers' rules (states, keeper, kicked); what each message
+                     kind does, in one table (Session.KINDS)
   The connection     Connection and its receiver thread
   Widgets            one class per view: ChatView (+ FindBar), UserList, NameForm, InputBar,
-                     OfflineBanner, StatusBar, ShortcutList
+                     OfflineBanner, StatusBar, AskDialog (a keeper's question), ShortcutList
   ChatWindow         the coordinator: builds the views, wires them to the Session, polls
   Running it         open_chat(), the --no-gui client, main()
 """

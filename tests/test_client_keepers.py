@@ -19,7 +19,9 @@ from test_client_features import QUIET_S, CountingTk, Windows, lines_tagged, tag
 from test_client_gui import chat_text, press, pump, shows
 from test_client_window import click, settle, type_into_focus
 
-from client3 import AskDialog, ChatWindow, Question
+import client3
+from client3 import AskDialog, ChatWindow, ConnectionEvent, Question
+from protocol import Message
 from server3 import ChatServer
 
 pytestmark = pytest.mark.gui
@@ -375,3 +377,21 @@ def test_tab_completes_the_keepers_commands_only_for_a_keeper(root: tk.Tk,
         assert completed("@ki") == "@kick "
         assert completed("@slo") == "@slowmode "
         assert completed("@unh") == "@unhush "
+
+
+def test_a_fresh_join_takes_the_keepers_menus_away(root: tk.Tk, opened: Windows) -> None:
+    window, inbox, sent = opened.seam("Teacher")
+    inbox.put(Message("grove", "2 pandas here: Bob Teacher"))
+    inbox.put(Message("keeper", "You are a keeper of this grove. @help lists what keepers "
+                                "can do."))
+    pump(root, window.grove_menu_shown, "the Grove menu")
+    menu = open_menu_on(root, window, "Bob")
+    close_menu(menu)
+    assert "Kick\u2026" in labels(menu)
+    inbox.put(ConnectionEvent("lost", "the connection was reset"))
+    inbox.put(ConnectionEvent("connected"))  # no resume code: a new panda, no keeper
+    inbox.put(Message("welcome", "Welcome to the grove, Teacher!"))
+    pump(root, lambda: not window.grove_menu_shown(), "the Grove menu to go")
+    assert labels(window.user_list.menu) == ["Whisper"]
+    assert window.input.completer.commands == client3.COMMANDS
+    assert sent == ["Teacher"]
