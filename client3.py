@@ -2108,7 +2108,7 @@ class InputBar:
       get(), put(text)          the text, real characters in and out
       set_reason(text)          why lines may not go out now (muted, hushed), under the input;
                                 "" hides it
-      completer.commands        the @commands Tab completes (a keeper's too, for a keeper)
+      set_commands(commands)    the @commands Tab completes (a keeper's too, for a keeper)
     """
 
     def __init__(self, parent: tk.Misc, fonts: Fonts, on_submit: Callable[[str], bool],
@@ -2138,6 +2138,9 @@ class InputBar:
     def apply(self, palette: Palette) -> None:
         self.frame.configure(background=palette.panel)
         self.reason.configure(background=palette.panel, foreground=palette.alert)
+
+    def set_commands(self, commands: Sequence[str]) -> None:
+        self.completer.commands = commands
 
     def set_reason(self, text: str) -> None:
         self.reason.configure(text=for_display(text))
@@ -2505,7 +2508,7 @@ class ChatWindow:
         self.find_bar.frame.grid_remove()
         self.input = InputBar(root, self.ui_fonts, self.session.submit, self._completable_names,
                               self.chat_view.scroll_pages)
-        self.input.completer.commands = self.session.commands()
+        self.input.set_commands(self.session.commands())
         self.input.entry.bind("<<Copy>>", self._copy_from_chat)
         self.status_bar = StatusBar(root, self.ui_fonts, self.session.cancel_retry)
         self.status_bar.frame.grid(row=6, column=0, sticky="ew")
@@ -2765,7 +2768,7 @@ class ChatWindow:
         session = self.session
         self.status_bar.set_states(session.states)
         self.input.set_reason(session.input_reason())
-        self.input.completer.commands = session.commands()
+        self.input.set_commands(session.commands())
         self._show_keeper_menus(session.keeper)
 
     def name_changed(self) -> None:
