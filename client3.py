@@ -16,14 +16,16 @@ touches a widget. Only Connection.send() writes to the socket.
 The parts, in the order of this file (each section starts with a "# --- " line):
   Text for display   pure: tk_safe, escaping, bidi_display, links, name colours, mentions
   render             pure: render(message) -> the pieces and tags of one chat line
-  Input helpers      pure: InputHistory (Up/Down), Completer (Tab), Placeholders
+  Input helpers      pure: InputHistory (Up/Down), Completer (Tab), Placeholders; Question
+                     and its checks (what a keeper's dialog asks)
   Settings           the small JSON file in the user's config folder (font size, theme)
   Timers             Reconnector (the countdown to the next attempt), Notifier (bell, desktop)
   Session            no Tk: phase, names, the user list, the resume code, the write-ahead
-                     outbox; what each message kind does, in one table (Session.KINDS)
+                     outbox, the keepers' rules (states, keeper, kicked); what each message
+                     kind does, in one table (Session.KINDS)
   The connection     Connection and its receiver thread
   Widgets            one class per view: ChatView (+ FindBar), UserList, NameForm, InputBar,
-                     OfflineBanner, StatusBar, ShortcutList
+                     OfflineBanner, StatusBar, AskDialog (a keeper's question), ShortcutList
   ChatWindow         the coordinator: builds the views, wires them to the Session, polls
   Running it         open_chat(), the --no-gui client, main()
 """
@@ -118,8 +120,13 @@ BELL_GAP_S: Final = 5.0
 FONT_SIZE: Final = 11
 FONT_SIZES: Final = range(7, 33)
 
-# What Tab completes after "@": the server's commands (@help lists them).
-COMMANDS: Final = ("@bamboo", "@grove", "@help", "@leaves", "@whisper")
+# What Tab completes after "@": the server's commands (@help lists them), and for keepers theirs.
+COMMANDS: Final = ("@bamboo", "@grove", "@help", "@keeper", "@leaves", "@me", "@nick",
+                   "@whisper")
+KEEPER_COMMANDS: Final = ("@announce", "@ban", "@bans", "@hush", "@kick", "@lock", "@mute",
+                          "@slowmode", "@unban", "@unhush", "@unlock", "@unmute")
+# How long the user list's "Mute 10 minutes" mutes (the server's default too).
+MUTE_MINUTES: Final = 10
 COMMAND_BUTTONS: Final = (("@bamboo", "Bamboo fact"), ("@grove", "Who's here"),
                           ("@help", "Help"), ("@leaves", "Leave"))
 
@@ -184,6 +191,9 @@ class Palette:
     found_bg: str = "#fde68a"
     found_current_bg: str = "#f59e0b"
     accent: str = GREEN           # welcome and info lines
+    announce_fg: str = "#ffffff"  # a keeper's announcement: a bamboo-green banner
+    announce_bg: str = GREEN
+    moderation: str = "#9a3412"   # the keepers' lines: lock, hush, mute, ...
     names: tuple[str, ...] = NAME_COLOURS
     dots: Mapping[str, str] = field(default_factory=lambda: {
         "connecting": "#d97706", "naming": "#d97706", "chatting": "#16a34a",
@@ -197,7 +207,8 @@ DARK: Final = replace(
     status_bg="#202326", time="#7b8794", own_bg="#1f3326", error="#f87171", alert="#fb923c",
     fact_fg="#bbf7d0", fact_bg="#163322", help="#93c5fd", whisper="#c4b5fd",
     mention_bg="#4a3f10", offline_bg="#3b1f1f", art="#d1d5db", link="#93c5fd", accent="#a5d6a7",
-    found_bg="#7c5e10", found_current_bg="#b45309",
+    found_bg="#7c5e10", found_current_bg="#b45309", announce_fg="#f1f8e9",
+    announce_bg=GREEN_DARK, moderation="#fdba74",
     names=("#ef9a9a", "#90caf9", "#a5d6a7", "#ce93d8", "#ffcc80", "#80deea", "#f48fb1",
            "#bcaaa4", "#9fa8da", "#e6ee9c"))
 THEMES: Final = {"light": LIGHT, "dark": DARK}
@@ -343,10 +354,14 @@ class Rendered:
         return "".join(text for text, _ in self.pieces)
 
 
-# The style of each system line kind; anything not here is "system" (grey italics). Issue #11's
-# kinds (announce, action, kick, mute, lock, hush, slowmode) get their entries here.
+# The style of each system line kind; anything not here is "system" (grey italics). The keepers'
+# lines (issue #11) are "moderation"; announcements and actions have pieces of their own (_body).
 SYSTEM_STYLES: Final = {"welcome": "welcome", "info": "info", "error": "error", "help": "help",
-                        "shutdown": "alert", "full": "alert", "bye": "alert", "slow": "note"}
+                        "shutdown": "alert", "full": "alert", "bye": "alert", "slow": "note",
+                        "kick": "alert", "keeper": "moderation", "mute": "moderation",
+                        "unmute": "moderation", "lock": "moderation", "unlock": "moderation",
+                        "hush": "moderation", "unhush": "moderation",
+                        "slowmode": "moderation", "ban": "moderation", "nick": "moderation"}
 
 
 def render(msg: Message, *, clock: str, me: str | None = None, own: bool = False) -> Rendered:
@@ -372,6 +387,8 @@ def render(msg: Message, *, clock: str, me: str | None = None, own: bool = False
     pieces, mention, whisper = _body(msg, me, own, earlier)
     if msg.kind == "art":
         stamp = ("", ())
+    if msg.kind == "announce" and not earlier:
+        line_tags += ("announce_line",)  # a banner across the chat (its newline is tagged too)
     if mention:
         line_tags += ("mention",)
     return Rendered((stamp, *pieces), line_tags, mention, whisper)
@@ -408,6 +425,18 @@ def _body(msg: Message, me: str | None, own: bool, earlier: bool
         return [("you: ", ("command",)), (msg.text, ("command",))], False, False
     if kind == "text":
         return _linked(msg.text, ("body",)), False, False
+    if kind == "announce":  # "Teacher: quiet now, please"
+        told = parse_line(msg.text)
+        if told.kind == "chat":
+            return ([("\u25b6 Announcement from ", ("announce",)),
+                     (told.sender, ("announce",)),
+                     *_linked(": " + told.text, ("announce",))], False, False)
+        return [("\u25b6 " + msg.text, ("announce",))], False, False
+    if kind == "action":  # "Bob waves", shown "* Bob waves"
+        actor, _, did = msg.text.partition(" ")
+        return ([("* ", ("action",)), (actor, (name_tag(actor), "action_name")),
+                 *_linked(" " + did if did else "", ("action",))],
+                not own and _names(me, actor, did), False)
     style = "system" if earlier else SYSTEM_STYLES.get(kind, "system")
     return _linked("\u2022 " + msg.text, (style,)), False, False
 
@@ -538,6 +567,57 @@ class Placeholders:
             return shown
         pattern = "|".join(re.escape(p) for p in sorted(self._chars, key=len, reverse=True))
         return re.sub(pattern, lambda m: self._chars[m.group()], shown)
+
+
+def _any_answer(text: str) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Question:
+    """What a keeper's small dialog asks (Kick..., Ban..., Slow mode..., Announce...).
+
+    title, prompt   the dialog's title and what it asks
+    ok              the label of the button that confirms: what it does ("Kick Bob")
+    initial         the answer to start from
+    check(answer)   why answer is not taken (shown in the dialog), or None to take it
+    """
+
+    title: str
+    prompt: str
+    ok: str
+    initial: str = ""
+    check: Callable[[str], str | None] = _any_answer
+
+
+# The server's limits on the numbers keepers give (server3.py checks them again).
+MAX_MINUTES: Final = 7 * 24 * 60.0
+MAX_SLOWMODE_S: Final = 3600.0
+
+
+def _number_problem(text: str, low: float, high: float, what: str) -> str | None:
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if low <= number <= high and (number > 0 or low == 0):
+        return None
+    return f"Type {what} from {low:g} to {high:g}."
+
+
+def minutes_problem(text: str) -> str | None:
+    """Ban... : empty (until the server stops) or a number of minutes (a fraction is fine)."""
+    text = text.strip()
+    return _number_problem(text, 0.01, MAX_MINUTES, "a number of minutes") if text else None
+
+
+def seconds_problem(text: str) -> str | None:
+    """Slow mode... : seconds between two lines of each panda; 0 ends slow mode."""
+    return _number_problem(text.strip(), 0, MAX_SLOWMODE_S, "a number of seconds")
+
+
+def text_problem(text: str) -> str | None:
+    return None if text.strip() else "Type the text first."
 
 
 # --- Settings ------------------------------------------------------------------
@@ -780,6 +860,26 @@ class SessionView(Protocol):
     def show_countdown(self, text: str) -> None:
         """The reconnection countdown; "" hides it."""
 
+    def rules_changed(self) -> None:
+        """session.states, session.keeper or session.input_reason() changed: the status bar,
+        the input's reason, the keepers' menus and commands."""
+
+    def name_changed(self) -> None:
+        """Our own name changed (@nick): the title, the list's "(you)", completion."""
+
+
+# What the server's lines about the grove's rules say (server3.py's texts), for the status bar.
+_MUTED: Final = re.compile(r"^(\S+) was muted by \S+ for ([\d.]+) minutes?\.")
+_SLOW_EVERY: Final = re.compile(r"one line every ([\d.]+) seconds")
+_NICK: Final = re.compile(r"^(\S+) is now (\S+)\.$")
+SECRET_SHOWN: Final = "(the code, not shown)"
+KICKED_PREFIX: Final = "You were removed from the grove"
+BANNED_PREFIX: Final = "You are banned"
+MUTED_ERROR_PREFIX: Final = "You are muted"
+HUSHED_ERROR_PREFIX: Final = "The grove is hushed"
+# The states the status bar shows, in this order.
+STATE_ORDER: Final = ("locked", "hushed", "slowmode", "muted")
+
 
 def _nothing() -> None:
     pass
@@ -807,6 +907,11 @@ class Session:
     A connection lost while chatting (not after @leaves) is tried again by itself, resuming
     with the server's resume code when there is one. Lines submitted while not chatting wait in
     outbox and are sent, in order, on the next welcome.
+
+    Keepers (issue #11): keeper says we are one (commands() then has theirs); states holds the
+    grove's rules as the server's lines told them ("locked", "hushed", "slowmode", "muted": the
+    words to show); input_reason() says why our lines may not go out. kicked holds the kick or
+    ban line: after it, no automatic reconnection (Reconnect still works).
     """
 
     def __init__(self, view: SessionView, *, send: Callable[[str], bool] = _not_sent,
@@ -836,6 +941,25 @@ class Session:
         self.quiet = False                    # the server no longer announces joins and leaves
         self.outbox: list[str] = []           # written while offline, sent when back
         self.closed = False
+        self.keeper = False                   # we are a keeper of this grove
+        self.states: dict[str, str] = {}      # the grove's rules in force, as told
+        self.kicked: str | None = None        # why a keeper removed or banned us
+
+    def commands(self) -> tuple[str, ...]:
+        """The @commands Tab completes: a keeper's too, for a keeper."""
+        return tuple(sorted(COMMANDS + KEEPER_COMMANDS)) if self.keeper else COMMANDS
+
+    def input_reason(self) -> str:
+        """Why what we type may not go out now ("" when it goes): a mute or a hush, which
+        keepers are above."""
+        if self.keeper:
+            return ""
+        if "muted" in self.states:
+            return ("You are muted: your lines are not sent; you can still whisper to a keeper.")
+        if "hushed" in self.states:
+            return ("The grove is hushed: only keepers can talk; you can still whisper to a "
+                    "keeper.")
+        return ""
 
     def start(self) -> None:
         self.reconnect()
@@ -857,7 +981,22 @@ class Session:
         for member in members:
             if member.name:
                 self.users[name_key(member.name)] = member
+                if self.is_me(member.name) and member.keeper != self.keeper:
+                    self._set_keeper(member.keeper)  # a listing says it, after a resume too
         self.view.users_changed()
+
+    def _set_keeper(self, keeper: bool) -> None:
+        self.keeper = keeper
+        self.view.rules_changed()
+
+    def _set_state(self, state: str, shown: str | None) -> None:
+        """Show state with the words shown; None: it ended."""
+        if shown is None:
+            self.states.pop(state, None)
+        else:
+            self.states[state] = shown
+        self.states = {key: self.states[key] for key in STATE_ORDER if key in self.states}
+        self.view.rules_changed()
 
     # --- What the server says: one function per kind, in KINDS ---
 
@@ -868,7 +1007,12 @@ class Session:
 
     def _on_welcome(self, msg: Message) -> bool:
         self.retry.stop()
+        if not self.resuming:  # a new panda: no rules known yet (the server says them next)
+            self.keeper = False
+            self.states = {}
+            self.view.rules_changed()
         self.resuming = False
+        self.kicked = None
         self.name = self.pending_name or self.wanted_name
         self.wanted_name = self.name
         self.pending_name = None
@@ -892,6 +1036,10 @@ class Session:
         if self.pending_name is not None:
             self._name_refused(msg.text)
             return False
+        if msg.text.startswith(MUTED_ERROR_PREFIX) and "muted" not in self.states:
+            self._set_state("muted", "You are muted")
+        elif msg.text.startswith(HUSHED_ERROR_PREFIX) and "hushed" not in self.states:
+            self._set_state("hushed", "Hushed: only keepers talk")
         return True
 
     def _on_resume(self, msg: Message) -> bool:
@@ -937,18 +1085,86 @@ class Session:
         self.view.users_changed()
         return True
 
-    def _on_farewell(self, msg: Message) -> bool:  # shutdown, full, bye
+    def _on_farewell(self, msg: Message) -> bool:  # shutdown, full, bye, kick
         self.server_farewell = msg.text
         self.resume_code = None  # nothing to come back to
         if msg.kind == "bye":
             self.leaving = True
+        if (msg.kind == "kick" and msg.text.startswith(KICKED_PREFIX)) or (
+                msg.kind == "full" and msg.text.startswith(BANNED_PREFIX)):
+            self.kicked = msg.text  # a keeper wants us out: no coming back by itself
         return True
+
+    # The keepers' lines (issue #11)
+
+    def _on_keeper(self, msg: Message) -> bool:
+        if msg.text.startswith("You are a keeper"):
+            if self.name is not None:
+                self.users[name_key(self.name)] = Member(self.name, True)
+                self.view.users_changed()
+            self._set_keeper(True)
+        elif msg.text.endswith(" is now a keeper."):
+            name = msg.text.removesuffix(" is now a keeper.")
+            self._add_users([Member(name, True)])
+        return True
+
+    def _on_nick(self, msg: Message) -> bool:  # "OLD is now NEW."
+        if not (said := _NICK.match(msg.text)):
+            return True
+        old, new = said.groups()
+        was = self.users.pop(name_key(old), None)
+        self.users[name_key(new)] = Member(new, was.keeper if was else False)
+        if name_key(old) in self.away:
+            self.away.discard(name_key(old))
+            self.away.add(name_key(new))
+        if self.is_me(old):
+            self.name = self.wanted_name = new
+            self.view.set_status(f"Connected to {self.address} as {new}")
+            self.view.name_changed()
+        self.view.users_changed()
+        return True
+
+    def _on_mute(self, msg: Message) -> bool:
+        said = _MUTED.match(msg.text)
+        if said and self.is_me(said.group(1)):
+            self._set_state("muted", f"You are muted ({said.group(2)} min)")
+        return True
+
+    def _on_unmute(self, msg: Message) -> bool:
+        if self.is_me(first_word(msg.text)):
+            self._set_state("muted", None)
+        return True
+
+    def _on_rule(self, msg: Message) -> bool:  # lock, unlock, hush, unhush, slowmode
+        if msg.kind in ("lock", "unlock"):
+            self._set_state("locked", "Locked: no newcomers" if msg.kind == "lock" else None)
+        elif msg.kind in ("hush", "unhush"):
+            self._set_state("hushed", "Hushed: only keepers talk" if msg.kind == "hush"
+                            else None)
+        elif every := _SLOW_EVERY.search(msg.text):
+            self._set_state("slowmode", f"Slow mode: one line every {every.group(1)} s")
+        else:  # "... ended slow mode."
+            self._set_state("slowmode", None)
+        return True
+
+    def _on_missed(self, msg: Message) -> bool:
+        """Said while our connection was down: the rules it changed hold now."""
+        said = parse_line(msg.text)
+        if said.kind in self.RULE_KINDS:
+            self.KINDS[said.kind](self, said)
+        return True
+
+    RULE_KINDS: ClassVar = frozenset({"lock", "unlock", "hush", "unhush", "slowmode", "mute",
+                                      "unmute"})
 
     KINDS: ClassVar[Mapping[str, Callable[[Session, Message], bool]]] = {
         "welcome": _on_welcome, "error": _on_error, "resume": _on_resume, "name": _on_name,
         "grove": _on_grove, "more": _on_more, "join": _on_join, "leave": _on_leave,
         "lost": _on_lost, "back": _on_back, "quiet": _on_quiet,
         "shutdown": _on_farewell, "full": _on_farewell, "bye": _on_farewell,
+        "kick": _on_farewell, "keeper": _on_keeper, "nick": _on_nick, "mute": _on_mute,
+        "unmute": _on_unmute, "lock": _on_rule, "unlock": _on_rule, "hush": _on_rule,
+        "unhush": _on_rule, "slowmode": _on_rule, "missed": _on_missed,
     }
     """What each kind does besides being shown; True: show it too."""
 
@@ -1001,6 +1217,11 @@ class Session:
         if self.leaving:
             why = "You left the grove."
             self.view.set_offline_reason("You left the grove. Press Reconnect to come back.")
+        elif self.kicked is not None:  # a keeper's decision: not undone by trying again
+            why = f"Disconnected from {self.address}: {self.kicked}"
+            self.retry.stop()
+            self.view.set_offline_reason(
+                why + " Press Reconnect to try again (the window does not, by itself).")
         else:
             reason = self.server_farewell or f"Connection lost: {detail}."
             why = f"Disconnected from {self.address}: {reason}"
@@ -1070,7 +1291,7 @@ class Session:
         (a panda called "help" is not mentioned by "@help"), and "@Somebody" who is not here
         goes as typed, so a mistyped command still gets the server's "Did you mean" answer."""
         word = first_word(text)
-        if (text.startswith("@") and word.lower() not in COMMANDS
+        if (text.startswith("@") and word.lower() not in COMMANDS + KEEPER_COMMANDS
                 and name_key(word[1:]) in self.users):
             return " " + text
         return text
@@ -1085,7 +1306,12 @@ class Session:
             return False
         if wire.startswith("@"):
             word = first_word(wire).lower()
-            if word != "@whisper":  # the server confirms a whisper itself
+            did = wire.partition(" ")[2].strip()
+            if word == "@me" and did:  # the server shows it to the others only
+                self.view.show(Message("action", f"{self.name} {clean_text(did)}"), own=True)
+            elif word == "@keeper":  # the code stays off the screen (a projector, a transcript)
+                self.view.show(Message("command", f"@keeper {SECRET_SHOWN}"), own=True)
+            elif word != "@whisper":  # the server confirms a whisper itself
                 self.view.show(Message("command", text.strip()), own=True)
             if word == "@leaves":
                 self.leaving = True
@@ -1113,6 +1339,7 @@ class Session:
         self.resuming = False
         self.leaving = False
         self.server_farewell = None
+        self.kicked = None
         self.quiet = False
         self.view.set_status(f"Connecting to {self.address}\u2026")
         self.view.phase_changed()
@@ -1359,6 +1586,7 @@ class Fonts:
         self.body = tkfont.Font(root, family=family)
         self.bold = tkfont.Font(root, family=family, weight="bold")
         self.italic = tkfont.Font(root, family=family, slant="italic")
+        self.bold_italic = tkfont.Font(root, family=family, weight="bold", slant="italic")
         self.small = tkfont.Font(root, family=family)
         self.title = tkfont.Font(root, family=family, weight="bold")
         self.mono = tkfont.Font(root, family=mono)
@@ -1367,7 +1595,8 @@ class Fonts:
 
     def resize(self, size: int) -> None:
         self.size = size
-        for font, step in ((self.body, 0), (self.bold, 0), (self.italic, -1), (self.small, -2),
+        for font, step in ((self.body, 0), (self.bold, 0), (self.italic, -1),
+                           (self.bold_italic, -1), (self.small, -2),
                            (self.title, 4), (self.mono, -1)):
             font.configure(size=max(5, size + step))
 
@@ -1431,10 +1660,17 @@ class ChatView:
                           ("welcome", fonts.bold), ("info", fonts.bold), ("alert", fonts.bold),
                           ("fact_label", fonts.bold), ("command", fonts.small),
                           ("art", fonts.mono), ("note", fonts.italic), ("whisper", fonts.italic),
-                          ("whisper_label", fonts.small), ("unread", fonts.small)):
+                          ("whisper_label", fonts.small), ("unread", fonts.small),
+                          ("action", fonts.italic), ("announce", fonts.bold),
+                          ("moderation", fonts.italic)):
             text.tag_configure(tag, font=font)
         for index in range(len(NAME_COLOURS)):
             text.tag_configure(f"name{index}", font=fonts.bold)
+        # After the name tags, so that it wins: an action's name in its colour, in italics.
+        text.tag_configure("action_name", font=fonts.bold_italic)
+        # An announcement is a banner: its background across the whole line (its newline is
+        # tagged too), with room above and below.
+        text.tag_configure("announce_line", spacing1=6, spacing3=6)
         text.tag_configure("art", spacing1=0, spacing3=0)
         text.tag_configure("link", underline=True)
         text.tag_configure("unread", justify="center")
@@ -1475,7 +1711,10 @@ class ChatView:
                    "missed_label": (palette.alert, ""), "link": (palette.link, ""),
                    "mention": ("", palette.mention_bg), "found": ("", palette.found_bg),
                    "found_current": ("", palette.found_current_bg),
-                   "unread": (palette.alert, "")}
+                   "unread": (palette.alert, ""), "action": (palette.ink, ""),
+                   "announce": (palette.announce_fg, ""),
+                   "announce_line": ("", palette.announce_bg),
+                   "moderation": (palette.moderation, "")}
         for tag, (fg, bg) in colours.items():
             text.tag_configure(tag, foreground=fg, background=bg)
         for index, colour in enumerate(palette.names):
@@ -1691,8 +1930,8 @@ class UserList:
 
     UserList(parent, fonts, palette, on_whisper)
       show(session)     the list as the session knows it
-      menu              the right-click menu on a name ("Whisper"); issue #11 adds the keeper
-                        actions to it with add_action()
+      menu              the right-click menu on a name ("Whisper"); for a keeper,
+                        set_keeper_actions() adds Kick..., Mute, Unmute, Ban... below it
     A double click on a name, or the menu's Whisper, calls on_whisper(name); never for oneself.
     The menu opens on a right click, or on open_menu() (the menu key) for the selected name.
     """
@@ -1742,6 +1981,14 @@ class UserList:
                 action(self._menu_name)
 
         self.menu.add_command(label=label, command=on_name)
+
+    def set_keeper_actions(self, actions: Sequence[tuple[str, Callable[[str], None]]]) -> None:
+        """The menu: Whisper, then these actions (none: Whisper alone)."""
+        self.menu.delete(1, "end")
+        if actions:
+            self.menu.add_separator()
+        for label, action in actions:
+            self.add_action(label, action)
 
     def apply(self, palette: Palette) -> None:
         self.palette = palette
@@ -1859,6 +2106,9 @@ class InputBar:
       names()                   the names Tab completes
       scroll(pages)             PageUp / PageDown
       get(), put(text)          the text, real characters in and out
+      set_reason(text)          why lines may not go out now (muted, hushed), under the input;
+                                "" hides it
+      set_commands(commands)    the @commands Tab completes (a keeper's too, for a keeper)
     """
 
     def __init__(self, parent: tk.Misc, fonts: Fonts, on_submit: Callable[[str], bool],
@@ -1875,6 +2125,7 @@ class InputBar:
         self.send_button = ttk.Button(self.frame, text="Send", style="Accent.TButton",
                                       command=self.submit, takefocus=False)
         self.send_button.grid(row=0, column=1, padx=(8, 0))
+        self.reason = tk.Label(self.frame, text="", font=fonts.small, anchor="w", justify="left")
         entry = self.entry
         for key in ("<Return>", "<KP_Enter>"):
             entry.bind(key, self.submit)
@@ -1886,6 +2137,17 @@ class InputBar:
 
     def apply(self, palette: Palette) -> None:
         self.frame.configure(background=palette.panel)
+        self.reason.configure(background=palette.panel, foreground=palette.alert)
+
+    def set_commands(self, commands: Sequence[str]) -> None:
+        self.completer.commands = commands
+
+    def set_reason(self, text: str) -> None:
+        self.reason.configure(text=for_display(text))
+        if text:
+            self.reason.grid(row=1, column=0, columnspan=2, sticky="ew", pady=(4, 0))
+        else:
+            self.reason.grid_remove()
 
     def get(self) -> str:
         return self.placeholders.restore(self.entry.get())
@@ -1899,7 +2161,8 @@ class InputBar:
         text = self.get()
         if self.on_submit(text):
             self.entry.delete(0, "end")
-            self.history.add(text)
+            if first_word(text).lower() != "@keeper":  # Up never brings the code back
+                self.history.add(text)
         self.entry.focus_set()
         return "break"
 
@@ -2000,6 +2263,69 @@ class StatusBar:
             self.retry_label.pack(side="right", padx=(0, 6), before=self.label)
 
 
+class AskDialog:
+    """A keeper's small dialog: a Question's prompt, an entry for the answer, and its OK button
+    (labelled with what it does) and Cancel. It does not wait: on_answer(text) is called when
+    the answer is confirmed (OK or Enter, and question.check() takes it); Cancel, Escape or
+    closing it call nothing.
+
+    AskDialog(root, question, fonts, palette, on_answer)   entry, ok_button, error, close()
+    """
+
+    def __init__(self, root: tk.Misc, question: Question, fonts: Fonts, palette: Palette,
+                 on_answer: Callable[[str], None]) -> None:
+        self.question, self.on_answer = question, on_answer
+        self.top = tk.Toplevel(root, padx=16, pady=12, background=palette.panel)
+        self.top.title(f"Panda Chat — {question.title}")
+        self.top.transient(root.winfo_toplevel())
+        self.top.columnconfigure(0, weight=1)
+        tk.Label(self.top, text=for_display(question.prompt), font=fonts.body, justify="left",
+                 anchor="w", wraplength=fonts.em() * 50, background=palette.panel,
+                 foreground=palette.ink).grid(row=0, column=0, columnspan=3, sticky="w")
+        self.entry = ttk.Entry(self.top, font=fonts.body, width=40)
+        self.entry.insert(0, tk_safe(question.initial))
+        self.entry.select_range(0, "end")
+        self.entry.grid(row=1, column=0, columnspan=3, sticky="ew", pady=(8, 4))
+        self.error = tk.Label(self.top, text="", font=fonts.small, anchor="w",
+                              background=palette.panel, foreground=palette.error)
+        self.error.grid(row=2, column=0, columnspan=3, sticky="w")
+        self.ok_button = ttk.Button(self.top, text=for_display(question.ok),
+                                    style="Accent.TButton", command=self.confirm)
+        self.ok_button.grid(row=3, column=1, sticky="e", pady=(8, 0), padx=(0, 6))
+        ttk.Button(self.top, text="Cancel", command=self.close).grid(
+            row=3, column=2, sticky="e", pady=(8, 0))
+        for key in ("<Return>", "<KP_Enter>"):
+            self.entry.bind(key, self._on_return)
+        self.top.bind("<Escape>", lambda _e: self.close())
+        self.top.protocol("WM_DELETE_WINDOW", self.close)
+        self.entry.focus_set()
+
+    def _on_return(self, event: object) -> str:
+        self.confirm()
+        return "break"
+
+    def confirm(self) -> None:
+        answer = self.entry.get().strip()
+        if problem := self.question.check(answer):
+            self.error.configure(text=for_display(problem))
+            return
+        self.close()
+        self.on_answer(answer)
+
+    def close(self) -> None:
+        with contextlib.suppress(tk.TclError):
+            self.top.destroy()
+
+    def exists(self) -> bool:
+        try:
+            return bool(self.top.winfo_exists())
+        except tk.TclError:
+            return False
+
+
+Ask = Callable[[Question, Callable[[str], None]], object]  # ask(question, on_answer)
+
+
 class ShortcutList:
     """F1: the window's keys, in a small window of their own; Escape or Close closes it."""
 
@@ -2072,8 +2398,11 @@ class ChatWindow:
       notify_command  a desktop notifier such as notify-send (None: the bell and the title)
       spawn, open_url, ask_save_path, prefers_dark   seams for the notifier's process, opening
                     a link, the Save dialog and the desktop's theme
+      ask           ask(question, on_answer): the keepers' dialogs (default: an AskDialog,
+                    kept in .dialog); a test may answer at once
     The parts: session (Session), chat_view (ChatView), find_bar, user_list, name_form, input
-    (InputBar), banner (OfflineBanner), status_bar, command_buttons, notifier.
+    (InputBar), banner (OfflineBanner), status_bar, command_buttons, notifier, grove_menu (the
+    keepers' Grove menu, in the menu bar while we are a keeper).
     has_focus() says whether the person is looking; a test may override it.
     """
 
@@ -2088,7 +2417,8 @@ class ChatWindow:
                  spawn: Callable[..., Any] = subprocess.Popen,
                  open_url: Callable[[str], object] = webbrowser.open,
                  ask_save_path: Callable[[], str] | None = None,
-                 prefers_dark: Callable[[], bool] = system_prefers_dark) -> None:
+                 prefers_dark: Callable[[], bool] = system_prefers_dark,
+                 ask: Ask | None = None) -> None:
         self.root = root
         self.inbox = inbox
         self.address = f"{address[0]}:{address[1]}"
@@ -2096,6 +2426,8 @@ class ChatWindow:
         self.settings = settings if settings is not None else Settings()
         self.prefers_dark = prefers_dark
         self.ask_save_path = ask_save_path or self._ask_save_path
+        self.ask: Ask = ask or self._ask_in_dialog
+        self.dialog: AskDialog | None = None
         self.palette = self._chosen_palette()
         self.notifier = Notifier(root.bell, notify_command, spawn=spawn, ring=bell)
         self.session = Session(self, send=send, connect=connect, disconnect=disconnect,
@@ -2176,6 +2508,7 @@ class ChatWindow:
         self.find_bar.frame.grid_remove()
         self.input = InputBar(root, self.ui_fonts, self.session.submit, self._completable_names,
                               self.chat_view.scroll_pages)
+        self.input.set_commands(self.session.commands())
         self.input.entry.bind("<<Copy>>", self._copy_from_chat)
         self.status_bar = StatusBar(root, self.ui_fonts, self.session.cancel_retry)
         self.status_bar.frame.grid(row=6, column=0, sticky="ew")
@@ -2196,7 +2529,7 @@ class ChatWindow:
         self.header_info.pack(side="right")
 
     def _create_menus(self) -> None:
-        """Chat, View and Help menus; issue #11's "Grove" menu goes between View and Help."""
+        """Chat, View and Help menus; a keeper's "Grove" menu goes between View and Help."""
         menubar = self.menubar = tk.Menu(self.root)
         chat = tk.Menu(menubar, tearoff=False)
         chat.add_command(label="Find\u2026", accelerator="Ctrl+F", command=self.open_find)
@@ -2220,6 +2553,16 @@ class ChatWindow:
                                  command=lambda: self.set_theme(
                                      str(self.root.getvar(self.theme_variable))))
         menubar.add_cascade(label="View", menu=view)
+        grove = self.grove_menu = tk.Menu(menubar, tearoff=False)
+        for label, action in (
+                ("Lock the grove (no newcomers)", lambda: self.moderate("@lock")),
+                ("Unlock the grove", lambda: self.moderate("@unlock")),
+                ("Hush (only keepers talk)", lambda: self.moderate("@hush")),
+                ("Unhush (everybody talks)", lambda: self.moderate("@unhush"))):
+            grove.add_command(label=label, command=action)
+        grove.add_separator()
+        grove.add_command(label="Slow mode\u2026", command=self.ask_slowmode)
+        grove.add_command(label="Announce\u2026", command=self.ask_announce)
         helps = tk.Menu(menubar, tearoff=False)
         helps.add_command(label="Keyboard shortcuts", accelerator="F1",
                           command=self.show_shortcuts)
@@ -2421,6 +2764,72 @@ class ChatWindow:
     def show_countdown(self, text: str) -> None:
         self.status_bar.show_countdown(text)
 
+    def rules_changed(self) -> None:
+        session = self.session
+        self.status_bar.set_states(session.states)
+        self.input.set_reason(session.input_reason())
+        self.input.set_commands(session.commands())
+        self._show_keeper_menus(session.keeper)
+
+    def name_changed(self) -> None:
+        self._update_title()
+
+    # --- Keepers: the user list's menu and the Grove menu ---
+
+    def _show_keeper_menus(self, keeper: bool) -> None:
+        shown = self.grove_menu_shown()
+        if keeper and not shown:
+            self.menubar.insert_cascade(self.menubar.index("Help") or 0, label="Grove",
+                                        menu=self.grove_menu)
+        elif shown and not keeper:
+            self.menubar.delete("Grove")
+        if keeper != shown:
+            self.user_list.set_keeper_actions(
+                [("Kick\u2026", self.ask_kick),
+                 (f"Mute {MUTE_MINUTES} minutes", lambda name: self.moderate(
+                     f"@mute {name} {MUTE_MINUTES}")),
+                 ("Unmute", lambda name: self.moderate(f"@unmute {name}")),
+                 ("Ban\u2026", self.ask_ban)] if keeper else [])
+
+    def grove_menu_shown(self) -> bool:
+        end = self.menubar.index("end")
+        return end is not None and any(
+            self.menubar.type(i) == "cascade" and self.menubar.entrycget(i, "label") == "Grove"
+            for i in range(end + 1))
+
+    def moderate(self, command: str) -> None:
+        """A keeper's command from a menu or dialog: sent like a typed one."""
+        self.session.submit(command.strip())
+        self._focus_input()
+
+    def ask_kick(self, name: str) -> None:
+        self.ask(Question("Kick", f"Remove {name} from the grove? {name} cannot come back "
+                                  "by resume. The reason (may be empty) is shown to everybody.",
+                          f"Kick {name}"),
+                 lambda reason: self.moderate(f"@kick {name} {reason}"))
+
+    def ask_ban(self, name: str) -> None:
+        self.ask(Question("Ban", f"Remove {name} and keep their address out: for how many "
+                                 "minutes? Empty: until the server stops.",
+                          f"Ban {name}", check=minutes_problem),
+                 lambda minutes: self.moderate(f"@ban {name} {minutes}"))
+
+    def ask_slowmode(self) -> None:
+        self.ask(Question("Slow mode", "One chat line every how many seconds, for each panda "
+                                       "but keepers? 0 ends slow mode.",
+                          "Set slow mode", initial="10", check=seconds_problem),
+                 lambda seconds: self.moderate(f"@slowmode {seconds}"))
+
+    def ask_announce(self) -> None:
+        self.ask(Question("Announce", "What should everybody see stand out?", "Announce",
+                          check=text_problem),
+                 lambda text: self.moderate(f"@announce {text}"))
+
+    def _ask_in_dialog(self, question: Question, on_answer: Callable[[str], None]) -> None:
+        if self.dialog is not None:
+            self.dialog.close()
+        self.dialog = AskDialog(self.root, question, self.ui_fonts, self.palette, on_answer)
+
     # --- What the person does ---
 
     def send_command(self, command: str) -> None:
@@ -2528,6 +2937,8 @@ class ChatWindow:
             self.poll_id = None
         if self.shortcuts is not None:
             self.shortcuts.close()
+        if self.dialog is not None:
+            self.dialog.close()
 
     def on_close(self) -> None:
         """The window's close button (and Ctrl+C, SIGTERM)."""

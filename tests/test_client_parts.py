@@ -81,6 +81,8 @@ class RecordingView:
         self.refused: list[str] = []
         self.countdown = ""
         self.welcomes = 0
+        self.rule_changes = 0
+        self.renames = 0
 
     def show(self, msg: Message, *, own: bool = False) -> None:
         self.shown.append((msg, own))
@@ -115,6 +117,12 @@ class RecordingView:
     def show_countdown(self, text: str) -> None:
         self.countdown = text
 
+    def rules_changed(self) -> None:
+        self.rule_changes += 1
+
+    def name_changed(self) -> None:
+        self.renames += 1
+
 
 def session(name: str | None = "Alice", delays: tuple[float, ...] = (1.0, 2.0)
             ) -> tuple[Session, RecordingView, list[str], FakeClock]:
@@ -139,6 +147,11 @@ def welcomed(name: str = "Alice") -> tuple[Session, RecordingView, list[str], Fa
     assert s.phase == "chatting" and sent == [name]
     sent.clear()
     return s, view, sent, clock
+
+
+def is_keeper(s: Session) -> bool:
+    """s.keeper, read afresh (as phase_of)."""
+    return s.keeper
 
 
 def phase_of(s: Session) -> str:
@@ -471,3 +484,165 @@ def test_the_systems_dark_theme_is_followed_where_it_can_be_told() -> None:
     if sys.platform.startswith("linux") and shutil.which("gsettings"):
         assert client3.system_prefers_dark(lambda argv: "'prefer-dark'\n", {})
     assert not client3.system_prefers_dark(lambda argv: "'default'\n", {})
+
+
+# --- Keepers (issue #11): what the Session makes of the keepers' lines -------------------
+
+
+def test_keepers_are_marked_and_only_a_keeper_completes_the_keepers_commands() -> None:
+    s, view, _sent, _ = welcomed()
+    s.on_message(Message("grove", "3 pandas here: Alice @Teacher Bob"))
+    assert s.users["teacher"] == Member("Teacher", keeper=True) and not s.keeper
+    assert s.commands() == client3.COMMANDS and "@kick" not in s.commands()
+    s.on_message(Message("keeper", "Bob is now a keeper."))
+    assert s.users["bob"].keeper and not is_keeper(s)
+    changes = view.rule_changes
+    s.on_message(Message("keeper", "You are a keeper of this grove. @help lists what keepers "
+                                   "can do."))
+    assert is_keeper(s) and s.users["alice"].keeper and view.rule_changes > changes
+    assert {"@kick", "@ban", "@mute", "@lock", "@hush", "@slowmode", "@announce",
+            "@me", "@nick"} <= set(s.commands())
+    assert [m.kind for m, _ in view.shown][-2:] == ["keeper", "keeper"], "both lines are shown"
+    # A fresh join is no keeper until told again; a listing without our mark says we are not.
+    s.on_message(Message("grove", "3 pandas here: Alice @Teacher Bob"))
+    assert not is_keeper(s)
+
+
+def test_the_groves_rules_come_and_go_in_the_states_in_a_fixed_order() -> None:
+    s, _view, _sent, _ = welcomed()
+    for kind, text in (("slowmode", "Teacher started slow mode: one line every 5 seconds each."),
+                       ("hush", "Only keepers can talk for now (Teacher hushed the grove)."),
+                       ("lock", "Teacher locked the grove: no newcomers for now."),
+                       ("mute", "Bob was muted by Teacher for 10 minutes.")):
+        s.on_message(Message(kind, text))
+    assert list(s.states) == ["locked", "hushed", "slowmode"], "Bob's mute is not ours"
+    assert s.states["slowmode"] == "Slow mode: one line every 5 s"
+    assert s.input_reason().startswith("The grove is hushed")
+    s.on_message(Message("mute", "Alice was muted by Teacher for 0.5 minutes."))
+    assert s.states["muted"] == "You are muted (0.5 min)"
+    assert s.input_reason().startswith("You are muted"), "the mute says more than the hush"
+    for kind, text in (("unmute", "Alice can talk again."),
+                       ("unhush", "Everybody can talk again (Teacher ended the hush)."),
+                       ("unlock", "Teacher unlocked the grove: newcomers are welcome."),
+                       ("slowmode", "Teacher ended slow mode.")):
+        s.on_message(Message(kind, text))
+    assert s.states == {} and s.input_reason() == ""
+
+
+def test_a_newcomer_learns_the_rules_after_its_welcome_and_an_error_tells_a_mute() -> None:
+    s, _view, _sent, _ = welcomed()
+    s.on_message(Message("hush", "Only keepers can talk for now."))
+    s.on_message(Message("slowmode", "Slow mode: one line every 2.5 seconds each."))
+    assert s.states == {"hushed": "Hushed: only keepers talk",
+                        "slowmode": "Slow mode: one line every 2.5 s"}
+    s.on_message(Message("error", "You are muted for 9.5 more minutes; you can still whisper "
+                                  "to a keeper."))
+    assert s.states["muted"] == "You are muted"
+    # A new join (not a resume) starts with no rules known.
+    s.on_event(ConnectionEvent("lost", "reset"))
+    s.reconnect()
+    s.on_event(ConnectionEvent("connected"))
+    s.on_message(Message("welcome", "Welcome to the grove, Alice!"))
+    assert s.states == {}
+
+
+def test_a_keeper_is_above_the_hush_and_the_mute_in_the_input() -> None:
+    s, _view, _sent, _ = welcomed()
+    s.on_message(Message("hush", "Only keepers can talk for now (Teacher hushed the grove)."))
+    assert s.input_reason()
+    s.on_message(Message("keeper", "You are a keeper of this grove."))
+    assert s.input_reason() == "" and "hushed" in s.states
+
+
+def test_rules_changed_while_away_hold_after_a_resume() -> None:
+    s, _view, sent, _ = welcomed()
+    s.on_message(Message("resume", format_resume("c0de", 30)))
+    s.on_message(Message("lock", "Teacher locked the grove: no newcomers for now."))
+    s.on_event(ConnectionEvent("lost", "reset"))
+    s.reconnect()
+    s.on_event(ConnectionEvent("connected"))
+    assert sent[-1] == "@resume c0de"
+    s.on_message(Message("welcome", "Welcome back to the grove, Alice! Here is what you missed."))
+    s.on_message(Message("missed", "* hush: Only keepers can talk for now (Teacher hushed)."))
+    s.on_message(Message("missed", "* mute: Alice was muted by Teacher for 10 minutes."))
+    assert list(s.states) == ["locked", "hushed", "muted"]
+
+
+def test_a_kick_or_a_ban_never_reconnects_by_itself_but_reconnect_still_works() -> None:
+    s, view, sent, clock = welcomed()
+    s.on_message(Message("resume", format_resume("c0de", 30)))
+    s.on_message(Message("kick", "You were removed from the grove by Teacher (flooding)."))
+    s.on_event(ConnectionEvent("lost", "the server closed the connection"))
+    assert s.phase == "offline" and not clock.timers and s.retry.attempt_no == 0
+    assert "You were removed from the grove by Teacher (flooding)." in view.offline
+    assert "Press Reconnect" in view.offline and s.resume_code is None
+    clock.advance(60)
+    assert phase_of(s) == "offline", "it reconnected by itself"
+    s.reconnect()  # the person may
+    assert phase_of(s) == "connecting"
+    s.on_event(ConnectionEvent("connected"))
+    assert sent[-1] == "Alice", "joins afresh: the resume code died with the kick"
+    s.on_message(Message("full", "You are banned from this grove by Teacher (until the server "
+                                 "stops)."))
+    s.on_event(ConnectionEvent("lost", "the server closed the connection"))
+    assert not clock.timers and s.retry.attempt_no == 0
+    assert "You are banned" in view.offline
+
+
+def test_a_locked_grove_on_an_automatic_attempt_is_tried_again() -> None:
+    s, _view, _sent, clock = welcomed()
+    s.on_event(ConnectionEvent("lost", "reset"))
+    clock.advance(1.0)
+    s.on_event(ConnectionEvent("connected"))
+    s.on_message(Message("full", "The grove is locked by its keepers: no newcomers for now. "
+                                 "Please try again later."))
+    s.on_event(ConnectionEvent("lost", "the server closed the connection"))
+    assert s.retry.attempt_no == 2 and clock.timers, "a lock ends; a ban is the keeper's word"
+
+
+def test_nick_renames_a_panda_and_ourselves() -> None:
+    s, view, _sent, _ = welcomed()
+    s.on_message(Message("grove", "3 pandas here: Alice @Teacher Bob"))
+    s.on_message(Message("nick", "Teacher is now Miss_Li."))
+    assert s.user_names() == ["Alice", "Bob", "Miss_Li"] and s.users["miss_li"].keeper
+    assert view.renames == 0
+    s.on_message(Message("nick", "Alice is now Alicia."))
+    assert s.name == "Alicia" and s.wanted_name == "Alicia" and s.is_me("alicia")
+    assert view.renames == 1 and view.status.endswith("as Alicia")
+    assert s.user_names() == ["Alicia", "Bob", "Miss_Li"]
+
+
+def test_own_actions_show_as_actions_and_keeper_commands_are_not_mentions() -> None:
+    s, view, sent, _ = welcomed()
+    s.on_message(Message("grove", "3 pandas here: Alice kick Bob"))
+    s.submit("@me waves")
+    s.submit("@kick Bob too loud")
+    s.submit("@keeper sesame-123")
+    assert sent == ["@me waves", "@kick Bob too loud", "@keeper sesame-123"]
+    own = [(m.kind, m.text) for m, mine in view.shown if mine]
+    assert own == [("action", "Alice waves"), ("command", "@kick Bob too loud"),
+                   ("command", "@keeper (the code, not shown)")]
+
+
+def test_render_an_announcement_as_a_banner_and_an_action_in_italics() -> None:
+    banner = render(Message("announce", "Teacher: quiet now, please"), clock="12:00")
+    assert banner.plain() == "12:00 \u25b6 Announcement from Teacher: quiet now, please"
+    assert "announce_line" in banner.line_tags
+    assert all("announce" in tags for _, tags in banner.pieces[1:])
+    action = render(Message("action", "Bob waves at alice"), clock="12:00", me="Alice")
+    assert action.plain() == "12:00 * Bob waves at alice" and action.mention
+    assert action.pieces[2] == ("Bob", (client3.name_tag("Bob"), "action_name"))
+    assert all("action" in tags for _, tags in (action.pieces[1], action.pieces[3]))
+    for kind in ("lock", "hush", "mute", "slowmode", "nick", "keeper"):
+        line = render(Message(kind, "x"), clock="12:00")
+        assert line.pieces[-1][1] == ("moderation",), kind
+    assert render(Message("kick", "You were removed"), clock="1").pieces[-1][1] == ("alert",)
+
+
+def test_the_keepers_dialogs_check_their_numbers() -> None:
+    assert client3.minutes_problem("") is None, "empty: until the server stops"
+    assert client3.minutes_problem("0.5") is None
+    assert client3.minutes_problem("soon") and client3.minutes_problem("0")
+    assert client3.seconds_problem("0") is None and client3.seconds_problem("10") is None
+    assert client3.seconds_problem("") and client3.seconds_problem("3601")
+    assert client3.text_problem("  ") and client3.text_problem("hi") is None
