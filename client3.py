@@ -77,7 +77,10 @@ from protocol import (
     parse_history,
     parse_line,
     parse_lost,
+    parse_mute,
+    parse_nick,
     parse_resume,
+    parse_slowmode,
     system_line,
 )
 
@@ -869,9 +872,6 @@ class SessionView(Protocol):
 
 
 # What the server's lines about the grove's rules say (server3.py's texts), for the status bar.
-_MUTED: Final = re.compile(r"^(\S+) was muted by \S+ for ([\d.]+) minutes?\.")
-_SLOW_EVERY: Final = re.compile(r"one line every ([\d.]+) seconds")
-_NICK: Final = re.compile(r"^(\S+) is now (\S+)\.$")
 SECRET_SHOWN: Final = "(the code, not shown)"
 KICKED_PREFIX: Final = "You were removed from the grove"
 BANNED_PREFIX: Final = "You are banned"
@@ -1109,9 +1109,9 @@ class Session:
         return True
 
     def _on_nick(self, msg: Message) -> bool:  # "OLD is now NEW."
-        if not (said := _NICK.match(msg.text)):
+        if not (said := parse_nick(msg.text)):
             return True
-        old, new = said.groups()
+        old, new = said
         was = self.users.pop(name_key(old), None)
         self.users[name_key(new)] = Member(new, was.keeper if was else False)
         if name_key(old) in self.away:
@@ -1125,9 +1125,9 @@ class Session:
         return True
 
     def _on_mute(self, msg: Message) -> bool:
-        said = _MUTED.match(msg.text)
-        if said and self.is_me(said.group(1)):
-            self._set_state("muted", f"You are muted ({said.group(2)} min)")
+        said = parse_mute(msg.text)
+        if said and self.is_me(said[0]):
+            self._set_state("muted", f"You are muted ({said[1]:g} min)")
         return True
 
     def _on_unmute(self, msg: Message) -> bool:
@@ -1141,8 +1141,8 @@ class Session:
         elif msg.kind in ("hush", "unhush"):
             self._set_state("hushed", "Hushed: only keepers talk" if msg.kind == "hush"
                             else None)
-        elif every := _SLOW_EVERY.search(msg.text):
-            self._set_state("slowmode", f"Slow mode: one line every {every.group(1)} s")
+        elif every := parse_slowmode(msg.text):
+            self._set_state("slowmode", f"Slow mode: one line every {every:g} s")
         else:  # "... ended slow mode."
             self._set_state("slowmode", None)
         return True

@@ -290,6 +290,54 @@ def parse_lost(text: str) -> tuple[str, str] | None:
     return name, rest[:-2]
 
 
+_MUTE: Final = re.compile(r"(\S+) was muted by (\S+) for ([\d.]+) minutes\.")
+
+
+def format_mute(name: str, keeper: str, minutes: float) -> str:
+    """The text of "* mute:": a keeper muted name for minutes."""
+    return f"{name} was muted by {keeper} for {minutes:g} minutes."
+
+
+def parse_mute(text: str) -> tuple[str, float] | None:
+    """(name, minutes) of a format_mute() text."""
+    said = _MUTE.fullmatch(text)
+    return (said[1], float(said[3])) if said else None
+
+
+_SLOWMODE_EVERY: Final = re.compile(r".*one line every ([\d.]+) seconds each\.")
+_SLOWMODE_ENDED: Final = " ended slow mode."
+
+
+def format_slowmode(seconds: float, keeper: str | None = None) -> str:
+    """The text of "* slowmode:": keeper started it (seconds) or ended it (0);
+    without a keeper, the rule in force, as a newcomer is told it."""
+    if not seconds:
+        return f"{keeper}{_SLOWMODE_ENDED}"
+    every = f"one line every {seconds:g} seconds each."
+    return f"Slow mode: {every}" if keeper is None else f"{keeper} started slow mode: {every}"
+
+
+def parse_slowmode(text: str) -> float | None:
+    """The seconds of a format_slowmode() text: 0.0 when it ended."""
+    if said := _SLOWMODE_EVERY.fullmatch(text):
+        return float(said[1])
+    return 0.0 if text.endswith(_SLOWMODE_ENDED) else None
+
+
+_NICK: Final = re.compile(r"(\S+) is now (\S+)\.")
+
+
+def format_nick(old: str, new: str) -> str:
+    """The text of "* nick:": a panda changed its name."""
+    return f"{old} is now {new}."
+
+
+def parse_nick(text: str) -> tuple[str, str] | None:
+    """(old, new) of a format_nick() text."""
+    said = _NICK.fullmatch(text)
+    return (said[1], said[2]) if said else None
+
+
 # --- TLS over memory buffers ----------------------------------------------------
 
 

@@ -83,7 +83,10 @@ from protocol import (
     format_grove_listing,
     format_history,
     format_lost,
+    format_mute,
+    format_nick,
     format_resume,
+    format_slowmode,
     parse_line,
     system_line,
 )
@@ -1338,7 +1341,7 @@ def do_nick(server: ChatServer, client: Client, arg: str) -> None:
         raise CommandError(problem)
     client.nick_changed_at = time.monotonic()
     log.info("nick %s is now %s", old, new)
-    _announce_all(server, "nick", f"{old} is now {new}.")
+    _announce_all(server, "nick", format_nick(old, new))
 
 
 def do_leaves(server: ChatServer, client: Client, arg: str) -> str:
@@ -1449,8 +1452,7 @@ def do_mute(server: ChatServer, keeper: Client, arg: str) -> None:
     until = time.monotonic() + minutes * 60
     target.muted_until = until
     log.info("mute %s for %g minutes by %s", target.name, minutes, keeper.name)
-    _announce_all(server, "mute", f"{target.name} was muted by {keeper.name} "
-                                  f"for {minutes:g} minutes.")
+    _announce_all(server, "mute", format_mute(target.name, keeper.name, minutes))
     server.schedule_unmute(target, until)
 
 
@@ -1480,7 +1482,7 @@ def do_slowmode(server: ChatServer, keeper: Client, arg: str) -> None:
     seconds = _number(arg, 0, MAX_SLOWMODE_S, "a number of seconds")
     server.moderation.slowmode_s = seconds
     log.info("slowmode %g s by %s", seconds, keeper.name)
-    _announce_all(server, "slowmode", slowmode_text(keeper.name, seconds))
+    _announce_all(server, "slowmode", format_slowmode(seconds, keeper.name))
 
 
 def do_announce(server: ChatServer, keeper: Client, arg: str) -> None:
@@ -1488,12 +1490,6 @@ def do_announce(server: ChatServer, keeper: Client, arg: str) -> None:
         raise CommandError("Type: @announce TEXT")
     log.info("announce by %s", keeper.name)
     _announce_all(server, "announce", chat_line(keeper.name, text))
-
-
-def slowmode_text(keeper: str, seconds: float) -> str:
-    if not seconds:
-        return f"{keeper} ended slow mode."
-    return f"{keeper} started slow mode: one line every {seconds:g} seconds each."
 
 
 COMMANDS: dict[str, Command] = {
@@ -2373,8 +2369,7 @@ class ChatServer:
         if self.moderation.hushed:
             lines.append(system_line("hush", "Only keepers can talk for now."))
         if seconds := self.moderation.slowmode_s:
-            lines.append(system_line("slowmode", f"Slow mode: one line every {seconds:g} "
-                                                 "seconds each."))
+            lines.append(system_line("slowmode", format_slowmode(seconds)))
         return b"".join(encode_line(line) for line in lines)
 
     # --- resume -------------------------------------------------------------

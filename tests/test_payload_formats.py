@@ -16,12 +16,18 @@ from protocol import (
     format_grove_listing,
     format_history,
     format_lost,
+    format_mute,
+    format_nick,
     format_resume,
+    format_slowmode,
     parse_grove_line,
     parse_history,
     parse_line,
     parse_lost,
+    parse_mute,
+    parse_nick,
     parse_resume,
+    parse_slowmode,
     system_line,
 )
 
@@ -126,3 +132,24 @@ def test_the_real_server_sends_exactly_what_the_format_functions_write() -> None
         who = parse_lost(parse_line(lost).text)
         assert who is not None and who[0] == "Carol"
         assert lost == system_line("lost", format_lost("Carol", who[1]))
+
+
+@given(names, names, st.floats(0.01, 10080, allow_nan=False))
+def test_a_mute_round_trips(name: str, keeper: str, minutes: float) -> None:
+    said = parse_mute(format_mute(name, keeper, minutes))
+    assert said is not None and said[0] == name
+    assert f"{said[1]:g}" == f"{minutes:g}"
+
+
+@given(names, st.floats(0.01, 3600, allow_nan=False))
+def test_slow_mode_round_trips_started_ended_and_told(keeper: str, seconds: float) -> None:
+    for text in (format_slowmode(seconds, keeper), format_slowmode(seconds)):
+        said = parse_slowmode(text)
+        assert said is not None and f"{said:g}" == f"{seconds:g}"
+    assert parse_slowmode(format_slowmode(0, keeper)) == 0.0
+    assert parse_slowmode("something else") is None
+
+
+@given(names, names)
+def test_a_nick_round_trips(old: str, new: str) -> None:
+    assert parse_nick(format_nick(old, new)) == (old, new)
