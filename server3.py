@@ -207,10 +207,17 @@ READER_WAKE_S = 1.0
 # Where the Flusher can only select(), it cannot wait on every full socket at
 # once (Windows' select takes 512): it retries the waiting backlogs this often.
 FLUSH_RETRY_S = 0.01
+# How many reader threads the Waker lets run at once (see Waker): enough that
+# a busy grove never waits for a turn, few enough that the GIL's queue stays
+# short when thousands of connections need a look at once.
+RUNNING_READERS = 16
 # The Reaper ends at most this many connections per batch; above
 # REAP_LOG_EACH in a batch it logs one summary line instead of one per panda.
 REAP_BATCH = 1000
 REAP_LOG_EACH = 8
+# In a storm (more than one ended at once) the Reaper gathers for this long
+# before it finishes a batch: a few summary lines, not thousands of small ones.
+REAP_GATHER_S = 0.05
 # Log lines that a flood could repeat (refusals, wrong codes) are written at
 # most once per this many seconds per kind, with a count of those left out.
 LOG_EVERY_S = 1.0
@@ -264,6 +271,9 @@ PLAIN_ON_TLS_PORT = ("This grove speaks TLS. Connect with: python3 client3.py --
 # Whether this platform has poll(): Linux, macOS and the BSDs do; Windows has
 # only select(), which takes at most 512 sockets per call in CPython's build.
 CAN_POLL = hasattr(select, "poll")
+# Whether readers can wait through the Waker (epoll: Linux); elsewhere each
+# waits on its own socket, which is fine for a classroom's few hundred.
+CAN_EPOLL = hasattr(select, "epoll")
 
 
 def wait_readable(sock: socket.socket, timeout: float | None) -> bool:
@@ -415,7 +425,7 @@ class Client:
     """
 
     def __init__(self, sock: socket.socket, address: tuple[str, int], flusher: Flusher,
-                 tls: TlsSession | None = None) -> None:
+                 tls: TlsSession | None = None, waker: Waker | None = None) -> None:
         self.sock = sock
         self.fileno = sock.fileno()
         self.address = address
@@ -424,6 +434,8 @@ class Client:
         self.flood: FloodControl | None = None  # None: flood control is off
         self.resume_failures = 0
         self.ended = threading.Event()  # set once the Reaper has finished this connection
+        self.waker = waker  # None: this connection's thread waits on its own socket
+        self.sleeper = Sleeper()
         self.name = ""
         self.thread: threading.Thread | None = None
         self.drop_reason = ""  # why the server hung up, when it did
@@ -436,6 +448,7 @@ class Client:
         self._lock = threading.Lock()  # guards the socket's writes, the backlogs, the states
         self._backlog: deque[bytes] = deque()
         self._backlog_bytes = 0
+        self._flusher_knows = False  # whether this client was ever handed to the Flusher
         self._closed = False
         self._ready = tls is None  # whether lines can be sent: after any TLS handshake
         self._missed: deque[bytes] | None = None  # not None while away
@@ -488,9 +501,26 @@ class Client:
                 return self.sock.recv(RECV_BYTES)
             except BlockingIOError:
                 pass
+            if self.waker is not None:
+                if (not self.waker.wait(self.sleeper, self.fileno, left, urgent=bool(self.name))
+                        and self.waker.stopping):
+                    return b""  # the server stops: end as if the peer had closed
+                continue
             if not CAN_POLL:  # select(): wake now and then to see a hang_up()'s shutdown
                 left = READER_WAKE_S if left is None else min(left, READER_WAKE_S)
             wait_readable(self.sock, left)
+
+    def sleep(self, delay: float) -> None:
+        """This connection's thread waits delay seconds (flood control)."""
+        if self.waker is not None:
+            self.waker.wait(self.sleeper, None, delay)
+        else:
+            time.sleep(delay)
+
+    def done_waiting(self) -> None:
+        """This connection's thread ends: its turn to run goes to the next."""
+        if self.waker is not None:
+            self.waker.done(self.sleeper, self.fileno)
 
     def _decrypt(self, raw: bytes) -> bytes | None:
         assert self.tls is not None
@@ -595,6 +625,7 @@ class Client:
             return False
         self._backlog.append(data)
         self._backlog_bytes += len(data)
+        self._flusher_knows |= len(self._backlog) == 1
         return len(self._backlog) == 1
 
     def flush(self) -> bool:
@@ -652,9 +683,11 @@ class Client:
             self.sock, self.fileno, self.address = new.sock, new.fileno, new.address
             self.tls, self._framer, self.thread = new.tls, new._framer, new.thread
             self.address_key, self.flood, self.ended = new.address_key, new.flood, new.ended
+            self.waker, self.sleeper = new.waker, new.sleeper  # the thread is new's
             self._closed, self._ready, self.drop_reason = False, True, ""
             self._backlog, new._backlog = new._backlog, deque()
             self._backlog_bytes, new._backlog_bytes = new._backlog_bytes, 0
+            self._flusher_knows |= new._flusher_knows
             new._closed = True  # the connection is this client's now
             new.successor = self
             # Split at "\n" alone: str.splitlines() also splits at U+2028 and
@@ -693,7 +726,9 @@ class Client:
             self._backlog.clear()
             self._backlog_bytes = 0
             sock = self.sock
-        self._flusher.watch(self)  # so that it forgets this client
+            flusher_knows = self._flusher_knows
+        if flusher_knows:
+            self._flusher.watch(self)  # so that it forgets this client
         if abort:
             try:  # a reset frees the kernel's buffers at once
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
@@ -762,6 +797,211 @@ class Scheduler:
             log.exception("scheduled job failed")
 
 
+class Sleeper:
+    """A reader thread's side of the Waker: the lock it blocks on (held while
+    it sleeps), and what the Waker knows of it. One per connection thread."""
+
+    __slots__ = ("lock", "queued", "readable", "running", "token", "urgent", "waiting")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()  # released by the Waker to wake the thread
+        self.waiting = False  # blocked on lock now
+        self.queued = False  # ready, waiting for a turn to run
+        self.readable = False  # woken because the socket has something
+        self.token = 0  # which wait a timer belongs to
+        self.running = False  # woken by the Waker and counted as running
+        self.urgent = False  # its data goes before others' (a panda in the grove)
+
+
+# What epoll says of a socket whose peer closed, reset or vanished.
+_HUNG_UP = (select.EPOLLHUP | select.EPOLLRDHUP | select.EPOLLERR) if CAN_EPOLL else 0
+
+
+class Waker:
+    """Wakes reader threads, at most RUNNING_READERS at a time (Linux: epoll).
+
+    A reader with nothing to read, or held back by flood control, does not
+    wait in poll() on its own socket: when thousands of sockets become
+    readable together (10,000 connections reset at once), thousands of threads
+    would wake together and queue for the GIL, and CPython's GIL costs more
+    the longer its queue. Instead the reader calls wait(sleeper, fd, timeout)
+    and blocks on its own lock; the Waker's thread watches every waiting
+    socket with one epoll (one-shot) and the timeouts with a heap, and
+    releases the ready readers a few at a time: a reader counts as running
+    from its wake-up until it waits again or ends (done()). Pandas in the
+    grove whose socket has data go first; connections without a name yet,
+    those whose peer hung up (epoll says so) and those whose timer ran out
+    go with the turns left over. So when ten thousand
+    connections reset at once they are worked through sixteen at a time, and
+    a panda chatting meanwhile waits behind at most those sixteen.
+    """
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()  # type: ignore[attr-defined,unused-ignore]
+        self._lock = threading.Lock()
+        self._sleepers: dict[int, Sleeper] = {}  # registered descriptors
+        self._ready: deque[Sleeper] = deque()  # data waiting: first
+        self._later: deque[Sleeper] = deque()  # hang-ups and timers: after
+        self._timers: list[tuple[float, int, int, Sleeper]] = []  # when, counter, token
+        self._counter = 0
+        self._running = 0
+        self._held = False
+        self._stopping = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._epoll.register(self._wake_r.fileno(), select.EPOLLIN)
+        self._thread = threading.Thread(target=self._run, name="waker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait(self, sleeper: Sleeper, fd: int | None, timeout: float | None,
+             urgent: bool = False) -> bool:
+        """Block until fd is readable (fd None: never) or timeout passes, and
+        until it is this reader's turn; True when woken by the socket. Data
+        for an urgent reader (a panda in the grove) goes before the rest."""
+        with self._lock:
+            self._stop_running_locked(sleeper)
+            sleeper.urgent = urgent
+            sleeper.token += 1
+            sleeper.waiting, sleeper.readable = True, False
+            if fd is not None:
+                self._arm_locked(fd, sleeper)
+            if timeout is not None:
+                self._counter += 1
+                heapq.heappush(self._timers, (time.monotonic() + max(0.0, timeout),
+                                              self._counter, sleeper.token, sleeper))
+                earliest = self._timers[0][3] is sleeper
+            else:
+                earliest = False
+            if self._stopping:
+                self._make_ready_locked(sleeper)
+            self._release_locked()
+        if earliest:
+            self._wake()  # the Waker's thread sleeps until its earliest timer
+        sleeper.lock.acquire()
+        return sleeper.readable
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def done(self, sleeper: Sleeper, fd: int | None) -> None:
+        """This reader ends (or stops using the Waker): its turn goes to the next."""
+        with self._lock:
+            self._stop_running_locked(sleeper)
+            if fd is not None and self._sleepers.get(fd) is sleeper:
+                del self._sleepers[fd]
+                try:
+                    self._epoll.unregister(fd)
+                except OSError:
+                    pass  # closed already
+            self._release_locked()
+
+    def hold(self) -> None:
+        """No reader gets a new turn until stop(): while the server says
+        goodbye to everybody, its main thread has the GIL nearly alone."""
+        with self._lock:
+            self._held = True
+
+    def stop(self) -> None:
+        """The server stops: every waiting reader gets its turn (a few at a
+        time, as always), finds its connection hung up, and ends."""
+        with self._lock:
+            self._held = False
+            self._stopping = True
+            for sleeper in self._sleepers.values():
+                if sleeper.waiting:
+                    self._make_ready_locked(sleeper)
+            for _, _, _, sleeper in self._timers:
+                if sleeper.waiting:
+                    self._make_ready_locked(sleeper)
+            self._release_locked()
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # a wake-up is pending already
+
+    def _arm_locked(self, fd: int, sleeper: Sleeper) -> None:
+        events = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT
+        known = fd in self._sleepers
+        self._sleepers[fd] = sleeper
+        try:
+            if known:
+                self._epoll.modify(fd, events)
+            else:
+                self._epoll.register(fd, events)
+        except FileNotFoundError:  # closed and reused since: register anew
+            self._epoll.register(fd, events)
+        except FileExistsError:
+            self._epoll.modify(fd, events)
+
+    def _stop_running_locked(self, sleeper: Sleeper) -> None:
+        if sleeper.running:
+            sleeper.running = False
+            self._running -= 1
+
+    def _make_ready_locked(self, sleeper: Sleeper, readable: bool = False,
+                           first: bool = False) -> None:
+        sleeper.readable |= readable
+        if not sleeper.queued:
+            sleeper.queued = True
+            (self._ready if first else self._later).append(sleeper)
+
+    def _release_locked(self) -> None:
+        while (self._ready or self._later) and self._running < RUNNING_READERS and not self._held:
+            sleeper = (self._ready or self._later).popleft()
+            sleeper.queued = False
+            if not sleeper.waiting:
+                continue  # woken twice over: it has gone already
+            sleeper.waiting, sleeper.running = False, True
+            self._running += 1
+            sleeper.lock.release()
+
+    def _run(self) -> None:
+        # No local names here: a sleeper kept until the next wake-up would
+        # keep its client alive.
+        while True:
+            self._wake_ready(self._poll(self._next_timeout()))
+
+    def _next_timeout(self) -> float:
+        with self._lock:
+            if not self._timers:
+                return -1  # epoll: for ever
+            return max(0.0, self._timers[0][0] - time.monotonic())
+
+    def _poll(self, timeout: float) -> list[tuple[int, int]]:
+        # Every event at once (Python's default is 1,023 a call).
+        return self._epoll.poll(timeout, max(1024, len(self._sleepers) + 1))
+
+    def _wake_ready(self, events: list[tuple[int, int]]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for fd, event in events:
+                if fd == self._wake_r.fileno():
+                    self._drain_wake()
+                elif (sleeper := self._sleepers.get(fd)) is not None and sleeper.waiting:
+                    self._make_ready_locked(sleeper, readable=True,
+                                            first=sleeper.urgent and not event & _HUNG_UP)
+            while self._timers and self._timers[0][0] <= now:
+                _, _, token, sleeper = heapq.heappop(self._timers)
+                if sleeper.waiting and sleeper.token == token:
+                    self._make_ready_locked(sleeper)
+            self._release_locked()
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+
 Ended = tuple[Client, str]  # a connection that ended, and why
 
 
@@ -799,10 +1039,17 @@ class Reaper:
             pass
 
     def _next_batch(self) -> list[Ended | None]:
+        """What ended; when more than one is waiting already (a storm), what
+        ends within REAP_GATHER_S more, so that a storm makes few batches."""
         batch = [self._ended.get()]
+        deadline = None
         while len(batch) < REAP_BATCH and batch[-1] is not None:
             try:
-                batch.append(self._ended.get_nowait())
+                if deadline is None:
+                    batch.append(self._ended.get_nowait())
+                    deadline = time.monotonic() + REAP_GATHER_S
+                else:
+                    batch.append(self._ended.get(timeout=max(0.0, deadline - time.monotonic())))
             except queue.Empty:
                 break
         return batch
@@ -1926,6 +2173,7 @@ class ChatServer:
         self._transcript = (None if transcript is None
                             else self._open_transcript(transcript, transcript_max_bytes))
         self._flusher = Flusher()
+        self._waker = Waker() if CAN_EPOLL else None
         self._reaper = Reaper(self._finish_batch)
         self._connections: set[Client] = set()
         self._per_address: dict[str, int] = {}  # connections now, by address_key
@@ -1971,6 +2219,8 @@ class ChatServer:
         """Accept connections until shutdown() is called."""
         with self._serving:
             self._flusher.start()
+            if self._waker is not None:
+                self._waker.start()
             self._scheduler.start()
             self._reaper.start()
             self.grove.broadcaster.start()
@@ -2020,7 +2270,7 @@ class ChatServer:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle delays
         enable_keepalive(sock)
         tls = TlsSession(self.tls, server_side=True) if self.tls is not None else None
-        client = Client(sock, address, self._flusher, tls)
+        client = Client(sock, address, self._flusher, tls, self._waker)
         if self.rate_limit > 0:
             client.flood = FloodControl(self.rate_limit, self.burst, *self._byte_budget)
         refusal = self._register(client)
@@ -2089,6 +2339,7 @@ class ChatServer:
             reason = "server error"
         finally:
             member = client.successor or client  # after a resume, the panda it resumed
+            member.done_waiting()
             # Why the server hung up explains the end, unless the panda said goodbye
             # (and closed before its goodbye art had been sent).
             self._reaper.put(member, reason if reason == GOODBYE
@@ -2118,7 +2369,7 @@ class ChatServer:
         waits first, and meanwhile TCP pushes back on that client alone.
         """
         if client.flood is not None:
-            self._pause(client.flood.read_wait())
+            self._pause(client, client.flood.read_wait())
         got = client.read_lines(None if deadline is None else deadline - time.monotonic())
         if got is None:
             return None
@@ -2127,19 +2378,20 @@ class ChatServer:
             client.flood.read(count)
         return lines
 
-    def _pause(self, delay: float) -> None:
-        """Wait delay seconds, unless the server stops meanwhile (ServerStopping).
+    def _pause(self, client: Client, delay: float) -> None:
+        """client's thread waits delay seconds, unless the server stops
+        meanwhile (ServerStopping).
 
-        It sleeps, looking at the stop flag every PAUSE_SLICE_S: waiting on
-        one shared Event instead made thousands of paused flooders queue on
-        its lock (each timed-out waiter removes itself from one shared list),
-        and a stop need not wake them: the process's exit ends them.
+        Through the Waker where there is one, else asleep, looking at the stop
+        flag every PAUSE_SLICE_S: not on one shared Event, whose Condition
+        made thousands of paused flooders queue on its lock, and a stop need
+        not wake them all at once.
         """
         deadline = time.monotonic() + delay
         while (left := deadline - time.monotonic()) > 0:
             if self._stopping.is_set():
                 raise ServerStopping
-            time.sleep(min(left, PAUSE_SLICE_S))
+            client.sleep(left if client.waker is not None else min(left, PAUSE_SLICE_S))
         if self._stopping.is_set():
             raise ServerStopping
 
@@ -2161,7 +2413,7 @@ class ChatServer:
             else:
                 _reply(self, client, "slow", f"Slow down! Over {client.flood.lines.rate:g} "
                        "lines a second; your lines are queued and will all be delivered.")
-        self._pause(delay)
+        self._pause(client, delay)
 
     def _ask_name(self, client: Client) -> str | tuple[Client, list[str | object]]:
         """Prompt until a good name or a resume; then the panda to chat as and
@@ -2541,6 +2793,8 @@ class ChatServer:
         with self._connections_lock:
             clients = list(self._connections)
         goodbye = encode_line(system_line("shutdown", "The server is shutting down. Goodbye!"))
+        if self._waker is not None:
+            self._waker.hold()  # readers wait while the goodbyes go out
         for client in clients:
             client.send_last(goodbye)
         if self._transcript is not None:
@@ -2549,6 +2803,9 @@ class ChatServer:
         self._flusher.idle.wait(SHUTDOWN_FLUSH_S)
         deadline = time.monotonic() + SHUTDOWN_HANG_UP_S
         self._hang_up_on(clients, deadline)
+        if self._waker is not None:
+            self._waker.stop()  # the waiting readers end, a few at a time
+        self._join(clients, deadline)
         self._reaper.stop(max(0.0, deadline - time.monotonic()))
         log.info("shutdown: said goodbye to %d connection%s", len(clients),
                  "" if len(clients) == 1 else "s")
@@ -2561,7 +2818,7 @@ class ChatServer:
 
     @staticmethod
     def _hang_up_on(clients: list[Client], deadline: float) -> None:
-        """Hang up on each client and wait for its thread, until deadline.
+        """Hang up on each client, until deadline.
 
         Each hang-up wakes a thread, and woken threads queue for the GIL: with
         10,000 connections the herd starves this loop (finishing them all took
@@ -2572,6 +2829,10 @@ class ChatServer:
             if time.monotonic() >= deadline:
                 break
             client.hang_up(SHUTTING_DOWN)
+
+    @staticmethod
+    def _join(clients: list[Client], deadline: float) -> None:
+        """Wait for each client's thread to end, until deadline."""
         for client in clients:
             if (left := deadline - time.monotonic()) <= 0:
                 break
