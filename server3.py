@@ -890,6 +890,11 @@ class Waker:
     def stopping(self) -> bool:
         return self._stopping
 
+    def waiting(self) -> int:
+        """How many readers wait now (for tests and the curious)."""
+        with self._lock:
+            return sum(sleeper.waiting for sleeper in self._sleepers.values())
+
     def done(self, sleeper: Sleeper, fd: int | None) -> None:
         """This reader ends (or stops using the Waker): its turn goes to the next."""
         with self._lock:
