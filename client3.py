@@ -2263,7 +2263,23 @@ class StatusBar:
             self.retry_label.pack(side="right", padx=(0, 6), before=self.label)
 
 
-class AskDialog:
+class SmallWindow:
+    """A small window of the chat window's own (a dialog, the key list): close() and exists()."""
+
+    top: tk.Toplevel
+
+    def close(self) -> None:
+        with contextlib.suppress(tk.TclError):
+            self.top.destroy()
+
+    def exists(self) -> bool:
+        try:
+            return bool(self.top.winfo_exists())
+        except tk.TclError:
+            return False
+
+
+class AskDialog(SmallWindow):
     """A keeper's small dialog: a Question's prompt, an entry for the answer, and its OK button
     (labelled with what it does) and Cancel. It does not wait: on_answer(text) is called when
     the answer is confirmed (OK or Enter, and question.check() takes it); Cancel, Escape or
@@ -2312,21 +2328,11 @@ class AskDialog:
         self.close()
         self.on_answer(answer)
 
-    def close(self) -> None:
-        with contextlib.suppress(tk.TclError):
-            self.top.destroy()
-
-    def exists(self) -> bool:
-        try:
-            return bool(self.top.winfo_exists())
-        except tk.TclError:
-            return False
-
 
 Ask = Callable[[Question, Callable[[str], None]], object]  # ask(question, on_answer)
 
 
-class ShortcutList:
+class ShortcutList(SmallWindow):
     """F1: the window's keys, in a small window of their own; Escape or Close closes it."""
 
     def __init__(self, root: tk.Misc, fonts: Fonts, palette: Palette) -> None:
@@ -2350,16 +2356,6 @@ class ShortcutList:
     def text(self) -> str:
         return "\n".join(str(w.cget("text")) for w in self.top.winfo_children()
                          if isinstance(w, tk.Label))
-
-    def close(self) -> None:
-        with contextlib.suppress(tk.TclError):
-            self.top.destroy()
-
-    def exists(self) -> bool:
-        try:
-            return bool(self.top.winfo_exists())
-        except tk.TclError:
-            return False
 
 
 def draw_panda(parent: tk.Misc, background: str, scale: float) -> tk.Canvas:
