@@ -1528,7 +1528,11 @@ def _reply(server: ChatServer, client: Client, kind: str, text: str) -> None:
 def _tell_now(client: Client, kind: str, text: str) -> None:
     """Straight to the socket: for a connection not in the grove (yet), or one
     about to close, which a queued line might not reach in time; paid for."""
-    data = encode_line(system_line(kind, text))
+    _send_paid(client, encode_line(system_line(kind, text)))
+
+
+def _send_paid(client: Client, data: bytes) -> None:
+    """Straight to client's socket, counted against its flood control."""
     client.charge(len(data))
     client.send(data)
 
@@ -1556,30 +1560,28 @@ def do_help(server: ChatServer, client: Client, arg: str) -> None:
 def do_whisper(server: ChatServer, client: Client, arg: str) -> None:
     name, _, text = arg.partition(" ")
     text = clean_text(text.strip())
-    target = server.grove.find(name) if name else None
     if not name or not text:
-        _reply(server, client, "error", "To whisper, type: @whisper NAME your message")
-    elif target is client:
-        _reply(server, client, "error", "Whispering to yourself? Your secret is safe with you.")
-    elif target is None:
-        _reply(server, client, "error", _no_such_panda(name))
-    elif not target.keeper and (refusal := server.speech_refusal(client, chat=False)):
-        _reply(server, client, "error", refusal)  # keepers can always be asked for help
-    else:  # in order after what client said before, like everything told
-        whisper = encode_line(system_line("whisper", chat_line(client.name, text)))
-        client.charge(len(whisper))  # the whisperer pays for what it makes us send
-        server.grove.tell(target, whisper)
-        _reply(server, client, "whispered", f"to {chat_line(target.name, text)}")
+        raise CommandError("To whisper, type: @whisper NAME your message")
+    target = server.grove.find(name)
+    if target is client:
+        raise CommandError("Whispering to yourself? Your secret is safe with you.")
+    if target is None:
+        raise CommandError(_no_such_panda(name))
+    if not target.keeper and (refusal := server.speech_refusal(client, chat=False)):
+        raise CommandError(refusal)  # keepers can always be asked for help
+    # In order after what client said before, like everything told.
+    whisper = encode_line(system_line("whisper", chat_line(client.name, text)))
+    client.charge(len(whisper))  # the whisperer pays for what it makes us send
+    server.grove.tell(target, whisper)
+    _reply(server, client, "whispered", f"to {chat_line(target.name, text)}")
 
 
 def do_me(server: ChatServer, client: Client, arg: str) -> None:
-    text = clean_text(arg.strip())
-    if not text:
-        _reply(server, client, "error", "To act, type: @me waves (everybody sees: * YOU waves)")
-    elif refusal := server.speech_refusal(client, chat=True):
-        _reply(server, client, "error", refusal)
-    else:
-        _announce_all(server, "action", f"{client.name} {text}", exclude=client)
+    if not (text := clean_text(arg.strip())):
+        raise CommandError("To act, type: @me waves (everybody sees: * YOU waves)")
+    if refusal := server.speech_refusal(client, chat=True):
+        raise CommandError(refusal)
+    _announce_all(server, "action", f"{client.name} {text}", exclude=client)
 
 
 def do_nick(server: ChatServer, client: Client, arg: str) -> None:
@@ -2472,9 +2474,7 @@ class ChatServer:
                 return client, lines[index + 1:]
 
     def _refuse_name(self, client: Client, reason: str) -> None:
-        data = encode_line(system_line("error", reason)) + self._prompt
-        client.charge(len(data))
-        client.send(data)
+        _send_paid(client, encode_line(system_line("error", reason)) + self._prompt)
 
     def _welcome(self, client: Client) -> None:
         name = client.name
