@@ -123,6 +123,19 @@ LISTEN_BACKLOG = 4096
 # second: the mass reset's worst probe latency went from 63 s to 8 s at 0.1 s.
 # Our threads block in system calls long before that, so nobody waits longer.
 GIL_SWITCH_S = 0.1
+
+# Linux 6.17 and later give a process its own futex hash table, sized by the
+# number of CPUs (16 buckets on a 2-core machine), not by its threads. Every
+# idle reader blocks on a futex (its Sleeper's lock), so with 10,000
+# connections every lock release and GIL hand-over walked a bucket of some
+# 600 waiters in the kernel: a third of the server's time in a mass reset.
+# prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS, n) asks for n buckets instead
+# (64 bytes each); size_futex_hash() asks for one per possible thread.
+PR_FUTEX_HASH = 78
+PR_FUTEX_HASH_SET_SLOTS = 1
+MIN_FUTEX_SLOTS = 1024
+# Threads beside the connections' own: main, Waker, Reaper, Flusher, Broadcaster...
+HELPER_THREADS = 16
 # Each connection has a thread; its stack is address space, and a handler needs
 # little of it. 256 KiB instead of 8 MiB lets thousands of threads fit.
 THREAD_STACK_BYTES = 256 * 1024
@@ -2872,6 +2885,24 @@ def raise_descriptor_limit() -> str:
     return f"file-descriptor limit {soft}"
 
 
+def size_futex_hash(threads: int) -> str:
+    """Ask Linux (6.17 and later) for a futex hash bucket per thread (see
+    PR_FUTEX_HASH); what became of it, in words for the log ("" elsewhere)."""
+    if sys.platform != "linux":
+        return ""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+    except (ImportError, OSError):
+        return "futex hash left to the kernel (no ctypes)"
+    slots = 1 << max(MIN_FUTEX_SLOTS.bit_length() - 1, (threads - 1).bit_length())
+    args = (PR_FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS, slots, 0, 0)
+    if libc.prctl(*(ctypes.c_ulong(arg) for arg in args)) != 0:
+        # EINVAL: a kernel before 6.17, whose one shared hash is sized for the machine.
+        return f"futex hash left to the kernel ({os.strerror(ctypes.get_errno())})"
+    return f"futex hash of {slots} buckets"
+
+
 def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     """A server TLS context (TLS 1.2 at least, the ssl module's modern defaults),
     or None when no certificate was given."""
@@ -3055,7 +3086,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
     threading.stack_size(THREAD_STACK_BYTES)
     sys.setswitchinterval(GIL_SWITCH_S)
-    fd_limit = raise_descriptor_limit()
+    limits = "; ".join(filter(None, [raise_descriptor_limit(),
+                                     size_futex_hash(args.max_clients + HELPER_THREADS)]))
     keeper_code = (secrets.token_urlsafe(KEEPER_CODE_BYTES) if args.keeper_code is None
                    else args.keeper_code)
     try:
@@ -3089,7 +3121,7 @@ def main(argv: list[str] | None = None) -> int:
     host, port = server.address
     shown = f"[{host}]" if ":" in host else host
     log.info("Panda Chat listening on %s:%d%s; up to %s (%s)",
-             shown, port, " with TLS" if tls else "", count_pandas(server.max_clients), fd_limit)
+             shown, port, " with TLS" if tls else "", count_pandas(server.max_clients), limits)
     for line in who_can_join(host, port, tls is not None):
         log.info("%s", line)
     if keeper_code:  # a line of its own: the person at this terminal alone sees it
