@@ -157,13 +157,14 @@ def test_one_address_cannot_take_every_away_slot() -> None:
 
 def test_every_connection_has_tcp_keepalive() -> None:
     with running_server() as server:
-        pandas(server, "Alice")
+        (alice,) = pandas(server, "Alice")  # kept: a dropped client would close its socket
         with server._connections_lock:
             (client,) = server._connections
         assert client.sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
         if hasattr(socket, "TCP_KEEPIDLE"):
             idle = client.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
             assert idle == KEEPALIVE_IDLE_S
+        alice.close()
 
 
 # --- resume codes -------------------------------------------------------------------
