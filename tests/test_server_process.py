@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from chat_helpers import WAIT_S, LineClient, flooding
 
+from server3 import PR_FUTEX_HASH
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = ROOT / "server3.py"
 START_S = 10.0  # a cold interpreter on a loaded CI machine
@@ -282,3 +284,33 @@ def test_sigint_under_every_flood_exits_0_within_2_s(start_server: StartServer,
     assert took <= STOP_S, f"{took:.2f} s"
     assert alice.expect(r"^\* shutdown: ")
     assert not any("Traceback" in line for line in server.stderr), server.stderr
+
+
+def kernel_futex_hash_slots() -> int | None:
+    """This process's private futex hash size (PR_FUTEX_HASH_GET_SLOTS), None
+    where the kernel has no such thing (before Linux 6.17, or not Linux)."""
+    if sys.platform != "linux":
+        return None
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    slots: int = libc.prctl(PR_FUTEX_HASH, 2, 0, 0, 0)  # 2: PR_FUTEX_HASH_GET_SLOTS
+    return None if slots < 0 else slots
+
+
+def test_the_server_asks_for_a_futex_hash_bucket_per_thread(
+        start_server: StartServer) -> None:
+    server, _ = start_server("--max-clients", "3000")
+    line = server.wait_for_stderr(r"listening on ")
+    if sys.platform != "linux":
+        assert "futex" not in line, line
+    elif kernel_futex_hash_slots() is None:
+        assert "futex hash left to the kernel (" in line, line
+    else:  # 3,000 connections and the helper threads: the next power of two
+        assert "futex hash of 4096 buckets" in line, line
+    probe = ("import ctypes, server3\n"
+             "said = server3.size_futex_hash(10_000)\n"
+             "print(said, ctypes.CDLL(None).prctl(server3.PR_FUTEX_HASH, 2, 0, 0, 0))\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                          text=True, timeout=START_S, check=True)
+    if kernel_futex_hash_slots() is not None:  # the kernel holds what was asked for
+        assert done.stdout.split() == ["futex", "hash", "of", "16384", "buckets", "16384"]
