@@ -229,6 +229,9 @@ RUNNING_READERS = 8
 # The Reaper ends at most this many connections per batch; above
 # REAP_LOG_EACH in a batch it logs one summary line instead of one per panda.
 REAP_BATCH = 1000
+# The Waker sweeps out ended waits' timers once there are more than this many
+# of them and they are over half its heap (see Waker._timer_ended_locked).
+STALE_TIMERS_KEPT = 256
 REAP_LOG_EACH = 8
 # In a storm (more than one ended at once) the Reaper gathers for this long
 # before it finishes a batch: a few summary lines, not thousands of small ones.
@@ -816,7 +819,8 @@ class Sleeper:
     """A reader thread's side of the Waker: the lock it blocks on (held while
     it sleeps), and what the Waker knows of it. One per connection thread."""
 
-    __slots__ = ("lock", "queued", "readable", "running", "token", "urgent", "waiting")
+    __slots__ = ("lock", "queued", "readable", "running", "timed", "token", "urgent",
+                 "waiting")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -825,6 +829,7 @@ class Sleeper:
         self.queued = False  # ready, waiting for a turn to run
         self.readable = False  # woken because the socket has something
         self.token = 0  # which wait a timer belongs to
+        self.timed = 0  # the token of its timer in the Waker's heap; 0: none there
         self.running = False  # woken by the Waker and counted as running
         self.urgent = False  # its data goes before others' (a panda in the grove)
 
@@ -859,6 +864,7 @@ class Waker:
         self._ready: deque[Sleeper] = deque()  # data waiting: first
         self._later: deque[Sleeper] = deque()  # hang-ups and timers: after
         self._timers: list[tuple[float, int, int, Sleeper]] = []  # when, counter, token
+        self._stale = 0  # timers in the heap whose wait ended before they ran out
         self._counter = 0
         self._running = 0
         self._held = False
@@ -879,6 +885,7 @@ class Waker:
         for an urgent reader (a panda in the grove) goes before the rest."""
         with self._lock:
             self._stop_running_locked(sleeper)
+            self._timer_ended_locked(sleeper)
             sleeper.urgent = urgent
             sleeper.token += 1
             sleeper.waiting, sleeper.readable = True, False
@@ -888,6 +895,7 @@ class Waker:
                 self._counter += 1
                 heapq.heappush(self._timers, (time.monotonic() + max(0.0, timeout),
                                               self._counter, sleeper.token, sleeper))
+                sleeper.timed = sleeper.token
                 earliest = self._timers[0][3] is sleeper
             else:
                 earliest = False
@@ -912,6 +920,7 @@ class Waker:
         """This reader ends (or stops using the Waker): its turn goes to the next."""
         with self._lock:
             self._stop_running_locked(sleeper)
+            self._timer_ended_locked(sleeper)
             if fd is not None and self._sleepers.get(fd) is sleeper:
                 del self._sleepers[fd]
                 try:
@@ -960,6 +969,21 @@ class Waker:
             self._epoll.register(fd, events)
         except FileExistsError:
             self._epoll.modify(fd, events)
+
+    def _timer_ended_locked(self, sleeper: Sleeper) -> None:
+        """sleeper's timer, if it has one in the heap, will never matter: count
+        it stale, and when over half the heap is stale, sweep them out. A
+        reader woken by its socket leaves its timer behind (the name timeout's
+        60 s, for every connection), and a flood of short connections would
+        otherwise keep a minute of them, each holding its Sleeper."""
+        if not sleeper.timed:
+            return
+        sleeper.timed = 0
+        self._stale += 1
+        if self._stale > max(STALE_TIMERS_KEPT, len(self._timers) // 2):
+            self._timers = [timer for timer in self._timers if timer[3].timed == timer[2]]
+            heapq.heapify(self._timers)
+            self._stale = 0
 
     def _stop_running_locked(self, sleeper: Sleeper) -> None:
         if sleeper.running:
@@ -1010,6 +1034,10 @@ class Waker:
                                             first=sleeper.urgent and not event & _HUNG_UP)
             while self._timers and self._timers[0][0] <= now:
                 _, _, token, sleeper = heapq.heappop(self._timers)
+                if sleeper.timed != token:
+                    self._stale -= 1  # counted stale when its wait ended
+                    continue
+                sleeper.timed = 0
                 if sleeper.waiting and sleeper.token == token:
                     self._make_ready_locked(sleeper)
             self._release_locked()

@@ -14,7 +14,7 @@ import time
 import pytest
 from chat_helpers import WAIT_S
 
-from server3 import CAN_EPOLL, RUNNING_READERS, Sleeper, Waker
+from server3 import CAN_EPOLL, RUNNING_READERS, STALE_TIMERS_KEPT, Sleeper, Waker
 
 pytestmark = pytest.mark.skipif(not CAN_EPOLL, reason="the Waker needs epoll (Linux)")
 
@@ -76,5 +76,24 @@ def test_a_timer_wakes_a_reader_without_data() -> None:
     assert time.monotonic() - start >= 0.05
     ours.send(b"x")
     assert waker.wait(Sleeper(), theirs.fileno(), WAIT_S) is True
+    ours.close()
+    theirs.close()
+
+
+def test_timers_of_waits_that_ended_early_do_not_pile_up() -> None:
+    """Every connection's name wait has a 60 s timer, and data ends the wait long
+    before: those timers are swept out, not kept for their minute."""
+    waker = Waker()
+    waker.start()
+    ours, theirs = socket.socketpair()
+    ours.send(b"x")  # readable throughout: every wait ends at once, by the socket
+    sleeper = Sleeper()
+    waits = 4 * STALE_TIMERS_KEPT
+    for _ in range(waits):
+        assert waker.wait(sleeper, theirs.fileno(), 60.0) is True
+    kept = len(waker._timers)
+    assert kept <= STALE_TIMERS_KEPT + 1, f"{kept} timers kept after {waits} waits"
+    assert waker.wait(Sleeper(), None, 0.05) is False  # and a live timer still runs out
+    waker.done(sleeper, theirs.fileno())
     ours.close()
     theirs.close()
