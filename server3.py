@@ -3161,5 +3161,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def exit_at_once(code: int) -> None:
+    """End the process without the interpreter's own finalization.
+
+    By now close() has told, closed and counted every connection and stopped
+    every helper thread; what is left is thousands of parked daemon threads,
+    and tearing down the interpreter around them took longer than the whole
+    shutdown (0.65 s of 1.43 s with 10,000 connections; 0.77 s in all this
+    way). Logging and the standard streams are flushed first.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed pipe or stream: nothing more can be said there
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_at_once(main())
