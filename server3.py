@@ -2520,25 +2520,26 @@ class ChatServer:
     def _welcome(self, client: Client) -> None:
         name = client.name
         client.resume_code = secrets.token_urlsafe(RESUME_CODE_BYTES)
-        client.send(encode_line(system_line(
+        greeting = encode_line(system_line(
             "welcome", f"Welcome to the grove, {name}! Type @help for the commands."))
-            + self._resume_line(client))
-        with self._history_lock:  # see _relay; sending is non-blocking
+        quiet = encode_line(system_line(
+            "quiet", f"Over {count_pandas(ANNOUNCE_LIMIT)} are here, so joins and leaves are "
+                     "no longer announced. @grove lists everybody."))
+        # All the newcomer is told goes out as one write (a storm of joins makes
+        # thousands), under the history lock so that no chat line comes between
+        # the history and the lines after it (see _relay; sending never blocks).
+        with self._history_lock:
             count, went_quiet = self.grove.admit(client)
-            client.send(b"".join(encode_line(system_line("history", line))
-                                 for line in self._history))
-        client.send(self._rules_now())
+            client.send(b"".join([
+                greeting, self._resume_line(client),
+                *(encode_line(system_line("history", line)) for line in self._history),
+                self._rules_now(),
+                self.grove_listing() if count <= ANNOUNCE_LIMIT else quiet]))
         log.info("join %s (%s)", name, count_pandas(count))
         if count <= ANNOUNCE_LIMIT:
-            client.send(self.grove_listing())
             self._announce(count, "join", f"{name} joined the grove.", exclude=client)
-        else:
-            quiet = encode_line(system_line(
-                "quiet", f"Over {count_pandas(ANNOUNCE_LIMIT)} are here, so joins and leaves are "
-                         "no longer announced. @grove lists everybody."))
-            client.send(quiet)
-            if went_quiet:
-                self.grove.broadcast(quiet, exclude=client)
+        elif went_quiet:
+            self.grove.broadcast(quiet, exclude=client)
 
     def _chat(self, client: Client, lines: list[str | object]) -> str:
         """Relay chat and run commands until the client leaves; why it left."""
