@@ -226,12 +226,12 @@ FLUSH_RETRY_S = 0.01
 # 10,000 connections reset at once: 16 digested them in 5.7 s, 8 in 5.0 s,
 # 4 in 8.2 s.
 RUNNING_READERS = 8
-# The Reaper ends at most this many connections per batch; above
-# REAP_LOG_EACH in a batch it logs one summary line instead of one per panda.
-REAP_BATCH = 1000
 # The Waker sweeps out ended waits' timers once there are more than this many
 # of them and they are over half its heap (see Waker._timer_ended_locked).
 STALE_TIMERS_KEPT = 256
+# The Reaper ends at most this many connections per batch; above
+# REAP_LOG_EACH in a batch it logs one summary line instead of one per panda.
+REAP_BATCH = 1000
 REAP_LOG_EACH = 8
 # In a storm (more than one ended at once) the Reaper gathers for this long
 # before it finishes a batch: a few summary lines, not thousands of small ones.
@@ -1038,7 +1038,7 @@ class Waker:
                     self._stale -= 1  # counted stale when its wait ended
                     continue
                 sleeper.timed = 0
-                if sleeper.waiting and sleeper.token == token:
+                if sleeper.waiting:  # its timer is its current wait's (timed == token)
                     self._make_ready_locked(sleeper)
             self._release_locked()
 
@@ -2924,7 +2924,7 @@ def size_futex_hash(threads: int) -> str:
         libc = ctypes.CDLL(None, use_errno=True)
     except (ImportError, OSError):
         return "futex hash left to the kernel (no ctypes)"
-    slots = 1 << max(MIN_FUTEX_SLOTS.bit_length() - 1, (threads - 1).bit_length())
+    slots = max(MIN_FUTEX_SLOTS, 1 << (threads - 1).bit_length())  # a power of two
     args = (PR_FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS, slots, 0, 0)
     if libc.prctl(*(ctypes.c_ulong(arg) for arg in args)) != 0:
         # EINVAL: a kernel before 6.17, whose one shared hash is sized for the machine.
