@@ -666,14 +666,21 @@ def xdotool(*args: str) -> str:
 
 
 def wait_for_window(title: str, process: subprocess.Popen[str]) -> str:
+    """The X id of the client's window once it is mapped and has the keyboard focus.
+
+    Tk names its window before it maps it: keys typed into an unmapped window are lost (CI once
+    saw "Zed" arrive as "ed"), so only a visible window counts, and typing waits for the focus."""
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
         assert process.poll() is None, f"client3.py exited: {process.communicate()}"
-        found = xdotool("search", "--name", f"^{title}$")  # a regular expression
+        found = xdotool("search", "--onlyvisible", "--name", f"^{title}$")  # a regular expression
         if found:
-            return found.split()[0]
+            window = found.split()[0]
+            xdotool("windowfocus", "--sync", window)
+            if xdotool("getwindowfocus") == window:
+                return window
         time.sleep(0.05)  # pacing the polling of X; the window's title is what is waited for
-    raise AssertionError(f"no window called {title!r} within {WAIT_S} s")
+    raise AssertionError(f"no focused window called {title!r} within {WAIT_S} s")
 
 
 @pytest.mark.skipif(shutil.which("xdotool") is None, reason="xdotool is not installed "
@@ -687,13 +694,11 @@ def test_end_to_end_type_a_name_and_a_message_with_xdotool(display: str) -> None
              str(server.address[1])], env=env, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
         try:
-            window = wait_for_window("Panda Chat", process)
-            xdotool("windowfocus", "--sync", window)
+            wait_for_window("Panda Chat", process)
             xdotool("type", "--delay", "20", "Zed")
             xdotool("key", "Return")
             bob.expect(r"^\* join: Zed joined the grove\.$")
-            window = wait_for_window("Panda Chat .+ Zed", process)  # the input has the focus
-            xdotool("windowfocus", "--sync", window)
+            wait_for_window("Panda Chat .+ Zed", process)  # the input has the focus
             xdotool("type", "--delay", "20", "hello from a real window")
             xdotool("key", "Return")
             bob.expect(r"^Zed: hello from a real window$")
