@@ -148,6 +148,7 @@ def test_a_newcomer_gets_the_last_lines_after_the_welcome_in_order_then_live_lin
         bob.send("@bamboo")
         for number in range(7, 9):
             bob.send(f"line {number}")
+        bob.expect(r"^\* fact: ")  # the @bamboo above: sync()'s own fact comes after it
         sync(bob)
         alice_seen_before = len(alice.seen)
 
