@@ -294,6 +294,34 @@ CAN_POLL = hasattr(select, "poll")
 CAN_EPOLL = hasattr(select, "epoll")
 
 
+class WakeUp:
+    """A socket pair that wakes a thread waiting in poll, epoll or select:
+    wake() from anywhere (a signal handler too); the waiting thread watches
+    reader and calls drain() once it has woken."""
+
+    def __init__(self) -> None:
+        self.reader, self._writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self._writer.setblocking(False)
+
+    def wake(self) -> None:
+        try:
+            self._writer.send(b"\0")
+        except OSError:
+            pass  # the pair is full, so a wake-up is pending anyway; or closed
+
+    def drain(self) -> None:
+        try:
+            while self.reader.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        self.reader.close()
+        self._writer.close()
+
+
 def wait_readable(sock: socket.socket, timeout: float | None) -> bool:
     """Wait up to timeout seconds (None: for ever) for sock to have data or EOF.
 
@@ -869,10 +897,8 @@ class Waker:
         self._running = 0
         self._held = False
         self._stopping = False
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._epoll.register(self._wake_r.fileno(), select.EPOLLIN)
+        self._wake_up = WakeUp()
+        self._epoll.register(self._wake_up.reader.fileno(), select.EPOLLIN)
         self._thread = threading.Thread(target=self._run, name="waker", daemon=True)
 
     def start(self) -> None:
@@ -903,7 +929,7 @@ class Waker:
                 self._make_ready_locked(sleeper)
             self._release_locked()
         if earliest:
-            self._wake()  # the Waker's thread sleeps until its earliest timer
+            self._wake_up.wake()  # the Waker's thread sleeps until its earliest timer
         sleeper.lock.acquire()
         return sleeper.readable
 
@@ -948,13 +974,7 @@ class Waker:
                 if sleeper.waiting:
                     self._make_ready_locked(sleeper)
             self._release_locked()
-        self._wake()
-
-    def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:
-            pass  # a wake-up is pending already
+        self._wake_up.wake()
 
     def _arm_locked(self, fd: int, sleeper: Sleeper) -> None:
         events = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT
@@ -1027,8 +1047,8 @@ class Waker:
         now = time.monotonic()
         with self._lock:
             for fd, event in events:
-                if fd == self._wake_r.fileno():
-                    self._drain_wake()
+                if fd == self._wake_up.reader.fileno():
+                    self._wake_up.drain()
                 elif (sleeper := self._sleepers.get(fd)) is not None and sleeper.waiting:
                     self._make_ready_locked(sleeper, readable=True,
                                             first=sleeper.urgent and not event & _HUNG_UP)
@@ -1041,13 +1061,6 @@ class Waker:
                 if sleeper.waiting:  # its timer is its current wait's (timed == token)
                     self._make_ready_locked(sleeper)
             self._release_locked()
-
-    def _drain_wake(self) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
 
 
 Ended = tuple[Client, str]  # a connection that ended, and why
@@ -1131,10 +1144,8 @@ class Flusher:
         self._selector = selectors.DefaultSelector()
         self._retrying: dict[int, Client] | None = (  # select() only: the waiting backlogs
             {} if isinstance(self._selector, selectors.SelectSelector) else None)
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._wake_up = WakeUp()
+        self._selector.register(self._wake_up.reader, selectors.EVENT_READ)
         self._lock = threading.Lock()
         self._handed: list[Client] = []
         self._stopping = False
@@ -1151,22 +1162,15 @@ class Flusher:
             self.idle.clear()
             first = len(self._handed) == 1
         if first:
-            self._wake()
+            self._wake_up.wake()
 
     def stop(self) -> None:
         self._stopping = True
-        self._wake()
+        self._wake_up.wake()
         if self._thread.is_alive():
             self._thread.join()
         self._selector.close()
-        self._wake_r.close()
-        self._wake_w.close()
-
-    def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:
-            pass  # the pipe is full or closed, so a wake-up is pending anyway
+        self._wake_up.close()
 
     def _run(self) -> None:
         while not self._stopping:
@@ -1187,17 +1191,10 @@ class Flusher:
         # A function of its own, so that no client stays referred to by a loop
         # variable while the thread waits.
         for key, _ in ready:
-            if key.fileobj is self._wake_r:
-                self._drain_wake_pipe()
+            if key.fileobj is self._wake_up.reader:
+                self._wake_up.drain()
             elif key.data.flush():
                 self._selector.unregister(key.fd)
-
-    def _drain_wake_pipe(self) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
 
     def _take_handed(self) -> None:
         with self._lock:
@@ -2231,9 +2228,7 @@ class ChatServer:
         self._resume_failures: dict[str, tuple[float, int]] = {}  # address: window start, count
         self._resume_failures_lock = threading.Lock()
         self.flood_log = RateLimitedLog()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._wake_up = WakeUp()
         self._stop_requested = False
         self._closing = False
         self._serving = threading.Lock()  # held while serve_forever runs
@@ -2292,16 +2287,13 @@ class ChatServer:
             return wait_readable(self._listener, ACCEPT_WAKE_S)
         poller = select.poll()
         poller.register(self._listener, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
+        poller.register(self._wake_up.reader, select.POLLIN)
         return any(fd == self._listener.fileno() for fd, _ in poller.poll())
 
     def shutdown(self) -> None:
         """Make serve_forever() return; safe from any thread or a signal handler."""
         self._stop_requested = True
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:
-            pass  # already woken, or closed
+        self._wake_up.wake()
 
     def _accept_waiting(self) -> None:
         for _ in range(ACCEPT_BATCH):
@@ -2862,8 +2854,7 @@ class ChatServer:
             self._transcript.stop(TRANSCRIPT_STOP_S)
         self._flusher.stop()
         self._scheduler.stop()
-        self._wake_r.close()
-        self._wake_w.close()
+        self._wake_up.close()
 
     @staticmethod
     def _hang_up_on(clients: list[Client], deadline: float) -> None:
