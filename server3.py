@@ -557,11 +557,14 @@ class Client:
             wait_readable(self.sock, left)
 
     def sleep(self, delay: float) -> None:
-        """This connection's thread waits delay seconds (flood control)."""
+        """This connection's thread waits up to delay seconds (flood control).
+
+        Through the Waker, which wakes it early when the server stops; without
+        one, at most PAUSE_SLICE_S, so that the caller looks at the stop flag."""
         if self.waker is not None:
             self.waker.wait(self.sleeper, None, delay)
         else:
-            time.sleep(delay)
+            time.sleep(min(delay, PAUSE_SLICE_S))
 
     def done_waiting(self) -> None:
         """This connection's thread ends: its turn to run goes to the next."""
@@ -671,8 +674,9 @@ class Client:
             return False
         self._backlog.append(data)
         self._backlog_bytes += len(data)
-        self._flusher_knows |= len(self._backlog) == 1
-        return len(self._backlog) == 1
+        started = len(self._backlog) == 1
+        self._flusher_knows |= started
+        return started
 
     def flush(self) -> bool:
         """Write out what the backlog holds; True when nothing is left to wait for."""
@@ -2238,6 +2242,9 @@ class ChatServer:
         self._prompt = encode_line(system_line(
             "name", f"What is your panda name? (1-{MAX_NAME_CHARS} letters or digits; "
                     "- _ . may join them)"))
+        self._quiet_line = encode_line(system_line(
+            "quiet", f"Over {count_pandas(ANNOUNCE_LIMIT)} are here, so joins and leaves are "
+                     "no longer announced. @grove lists everybody."))
 
     def __enter__(self) -> ChatServer:
         return self
@@ -2433,7 +2440,7 @@ class ChatServer:
         while (left := deadline - time.monotonic()) > 0:
             if self._stopping.is_set():
                 raise ServerStopping
-            client.sleep(left if client.waker is not None else min(left, PAUSE_SLICE_S))
+            client.sleep(left)
         if self._stopping.is_set():
             raise ServerStopping
 
@@ -2514,9 +2521,6 @@ class ChatServer:
         client.resume_code = secrets.token_urlsafe(RESUME_CODE_BYTES)
         greeting = encode_line(system_line(
             "welcome", f"Welcome to the grove, {name}! Type @help for the commands."))
-        quiet = encode_line(system_line(
-            "quiet", f"Over {count_pandas(ANNOUNCE_LIMIT)} are here, so joins and leaves are "
-                     "no longer announced. @grove lists everybody."))
         # All the newcomer is told goes out as one write (a storm of joins makes
         # thousands), under the history lock so that no chat line comes between
         # the history and the lines after it (see _relay; sending never blocks).
@@ -2526,12 +2530,12 @@ class ChatServer:
                 greeting, self._resume_line(client),
                 *(encode_line(system_line("history", line)) for line in self._history),
                 self._rules_now(),
-                self.grove_listing() if count <= ANNOUNCE_LIMIT else quiet]))
+                self.grove_listing() if count <= ANNOUNCE_LIMIT else self._quiet_line]))
         log.info("join %s (%s)", name, count_pandas(count))
         if count <= ANNOUNCE_LIMIT:
             self._announce(count, "join", f"{name} joined the grove.", exclude=client)
         elif went_quiet:
-            self.grove.broadcast(quiet, exclude=client)
+            self.grove.broadcast(self._quiet_line, exclude=client)
 
     def _chat(self, client: Client, lines: list[str | object]) -> str:
         """Relay chat and run commands until the client leaves; why it left."""

@@ -361,4 +361,3 @@ def test_the_name_timeout_holds_while_flood_control_works_through_one_read() -> 
         lines = student.read_until_eof(timeout=10)
         assert lines[-1] == "* bye: No name within 1.5 seconds; goodbye.", lines[-3:]
         assert time.monotonic() - start < 5
-

@@ -286,6 +286,9 @@ def test_sigint_under_every_flood_exits_0_within_2_s(start_server: StartServer,
     assert not any("Traceback" in line for line in server.stderr), server.stderr
 
 
+PR_FUTEX_HASH_GET_SLOTS = 2
+
+
 def kernel_futex_hash_slots() -> int | None:
     """This process's private futex hash size (PR_FUTEX_HASH_GET_SLOTS), None
     where the kernel has no such thing (before Linux 6.17, or not Linux)."""
@@ -293,7 +296,7 @@ def kernel_futex_hash_slots() -> int | None:
         return None
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
-    slots: int = libc.prctl(PR_FUTEX_HASH, 2, 0, 0, 0)  # 2: PR_FUTEX_HASH_GET_SLOTS
+    slots: int = libc.prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_GET_SLOTS, 0, 0, 0)
     return None if slots < 0 else slots
 
 
@@ -309,7 +312,8 @@ def test_the_server_asks_for_a_futex_hash_bucket_per_thread(
         assert "futex hash of 4096 buckets" in line, line
     probe = ("import ctypes, server3\n"
              "said = server3.size_futex_hash(10_000)\n"
-             "print(said, ctypes.CDLL(None).prctl(server3.PR_FUTEX_HASH, 2, 0, 0, 0))\n")
+             "print(said, ctypes.CDLL(None).prctl(server3.PR_FUTEX_HASH, "
+             f"{PR_FUTEX_HASH_GET_SLOTS}, 0, 0, 0))\n")
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
                           text=True, timeout=START_S, check=True)
     if kernel_futex_hash_slots() is not None:  # the kernel holds what was asked for
